@@ -1,0 +1,1 @@
+"""explorank.engine.backends."""

@@ -1,0 +1,112 @@
+"""The ``explorank`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs (and for
+``--help``), so ``explorank serve`` never imports torch.
+
+Exit codes: 0 ok, 1 failure while running, 2 bad usage or invalid input/config
+(the last line printed says what to fix), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from explorank import __version__
+from explorank.errors import (
+    BundleError,
+    ConfigError,
+    ExplorankError,
+    ExportError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("explorank.engine.cli_serve", "serve a bundle over gRPC (builds the default bundle on first run)"),
+    "rank": ("explorank.engine.cli_client", "call Rank on a running server"),
+    "reward": ("explorank.engine.cli_client_reward", "call Reward on a running server"),
+    "info": ("explorank.engine.cli_client_info", "call GetInfo on a running server"),
+    "export": ("explorank.export.cli_export", "export an encoder + heads + catalog to a verified bundle"),
+    "finetune": ("explorank.export.cli_finetune", "fine-tune a BERT encoder (two-tower) and scoring heads"),
+    "plugins": ("explorank.plugins.cli", "list registered scorers, policies and state stores"),
+    "events": ("explorank.engine.cli_events", "event log tools (export the joined log)"),
+    "bench": ("explorank.benchmarks.cli_bench", "latency benchmarks (encoder backends, end-to-end serving)"),
+    "evaluate": ("explorank.benchmarks.cli_evaluate", "simulate / replay exploration policies and compare them"),
+    "ope": ("explorank.benchmarks.cli_ope", "off-policy evaluation of a policy on an exported event log"),
+}
+
+
+def _load(module: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(module)
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="explorank",
+        description="explorank: BERT-based recommendation serving with exploration policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"explorank {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if selected == name:
+            mod = _load(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _selected_command(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg in COMMANDS:
+            return arg
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_selected_command(argv))
+    except ModuleNotFoundError as exc:
+        print(f"explorank: error: {exc}. Install the extra this command needs "
+              f"(e.g. pip install 'explorank[export]').", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, InvalidArgumentError) as exc:
+        print(f"explorank: error: {exc}", file=sys.stderr)
+        return 2
+    except (BundleError, NotFoundError) as exc:
+        print(f"explorank: error: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"explorank: export failed: {exc}", file=sys.stderr)
+        return 1
+    except ExplorankError as exc:
+        print(f"explorank: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        print(f"explorank: error: {exc}. Install the extra this command needs "
+              f"(e.g. pip install 'explorank[export]').", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

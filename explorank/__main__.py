@@ -1,0 +1,3 @@
+from explorank.engine.cli import main
+
+raise SystemExit(main())
