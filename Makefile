@@ -1,0 +1,40 @@
+# The two quickstart commands (see README.md):
+#   make serve   install explorank and serve the default bundle over gRPC on localhost:50051
+#   make test    install explorank with its test dependencies, lint, type-check, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: serve test install install-dev lint typecheck pytest proto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(BIN)/python
+	$(PIP) install -q -e ".[export,demo,redis]"
+
+install-dev: $(BIN)/python
+	$(PIP) install -q -e ".[export,demo,redis,dev]"
+
+serve: install
+	$(BIN)/explorank serve
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy explorank engine plugins
+
+pytest:
+	$(BIN)/pytest
+
+test: install-dev lint typecheck pytest
+
+proto:
+	PATH=$(BIN):$$PATH proto/generate.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

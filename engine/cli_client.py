@@ -1,0 +1,53 @@
+"""``explorank rank``: call Rank on a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default="localhost:50051", help="server HOST:PORT (default localhost:50051)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--user", default="", help="user id")
+    p.add_argument("--context", default="", help="free-text context (query, profile, session)")
+    p.add_argument("--history", help="comma-separated catalog ids the user interacted with")
+    p.add_argument("--candidates", help="comma-separated catalog ids (default: the whole catalog)")
+    p.add_argument("--top-k", type=int, default=0, help="items to return (default: server default, 10)")
+    p.add_argument("--scorer", default="", help="scorer plugin (default: server default)")
+    p.add_argument("--policy", default="", help="policy plugin (default: server default)")
+    p.add_argument("--event-id", default="", help="idempotency key (default: generated)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from explorank.engine.client import RankerClient
+
+    with RankerClient(args.address, timeout=args.timeout) as client:
+        res = client.rank(
+            user_id=args.user,
+            context_text=args.context,
+            history_item_ids=_split(args.history),
+            candidates=_split(args.candidates),
+            top_k=args.top_k,
+            scorer=args.scorer,
+            policy=args.policy,
+            event_id=args.event_id,
+        )
+    if args.json:
+        print(json.dumps(asdict(res), indent=2))
+        return 0
+    print(f"event {res.event_id}  model {res.model_version}  scorer {res.scorer}  policy {res.policy}")
+    print(f"{'#':>3}  {'item':<24} {'score':>8} {'propensity':>10}  explored")
+    for pos, item in enumerate(res.items, 1):
+        print(f"{pos:>3}  {item.item_id:<24} {item.score:>8.4f} {item.propensity:>10.4f}  {'yes' if item.explored else ''}")
+    return 0

@@ -1,0 +1,93 @@
+"""``explorank serve``: load (or build) a bundle and serve it over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("explorank.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, help="bundle directory (default: build/use the default bundle)")
+    p.add_argument("--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9464; 0 = off)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"])
+    p.add_argument("--threads", type=int, help="encoder intra-op threads (default: CPUs available)")
+    p.add_argument("--max-batch-size", type=int, help="dynamic batching limit (1 disables batching)")
+    p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch waits to fill")
+    p.add_argument("--max-queue-size", type=int, help="pending requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--scorer", help="default scorer (default mf)")
+    p.add_argument("--policy", help="default policy (default softmax)")
+    p.add_argument("--store", help="state store plugin (default sqlite)")
+    p.add_argument("--state-db", type=Path, help="sqlite state database path")
+    p.add_argument("--redis-url", help="Redis URL for --store redis")
+    p.add_argument("--grace", type=float, help="graceful shutdown period in seconds")
+    p.add_argument("--no-verify", action="store_true", help="skip bundle checksum verification")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            o.setdefault(section, {})[key] = value
+
+    put("server", "host", args.host)
+    put("server", "port", args.port)
+    put("server", "metrics_port", args.metrics_port)
+    put("server", "grace_s", args.grace)
+    put("model", "bundle", str(args.bundle) if args.bundle else None)
+    if args.no_verify:
+        put("model", "verify_checksums", False)
+    put("backend", "backend", args.backend)
+    put("backend", "provider", args.provider)
+    put("backend", "precision", args.precision)
+    put("backend", "intra_op_threads", args.threads)
+    put("batching", "max_batch_size", args.max_batch_size)
+    put("batching", "max_queue_delay_ms", args.max_queue_delay_ms)
+    put("batching", "max_queue_size", args.max_queue_size)
+    put("ranking", "default_scorer", args.scorer)
+    put("ranking", "default_policy", args.policy)
+    put("state", "store", args.store)
+    if args.state_db is not None:
+        o.setdefault("state", {}).setdefault("options", {})["path"] = str(args.state_db)
+    if args.redis_url is not None:
+        o.setdefault("state", {}).setdefault("options", {})["url"] = args.redis_url
+    return o
+
+
+def run(args: argparse.Namespace) -> int:
+    from explorank.engine.config import load_config
+    from explorank.engine.default_bundle import ensure_default_bundle
+    from explorank.engine.pipeline import Engine
+    from explorank.engine.server import Server
+
+    config = load_config(args.config, overrides=overrides_from_args(args))
+    if config.model.bundle is None:
+        config.model.bundle = ensure_default_bundle(config.model.cache_dir)
+    engine = Engine.from_config(config)
+
+    async def main() -> None:
+        server = Server(engine)
+        server.install_signal_handlers()
+        try:
+            port = await server.start()
+        except BaseException:
+            await server.stop(0)
+            raise
+        if args.port_file:
+            args.port_file.write_text(str(port))
+        print(f"explorank serving on {config.server.host}:{port}", flush=True)
+        await server.wait()
+
+    asyncio.run(main())
+    return 0

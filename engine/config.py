@@ -1,0 +1,225 @@
+"""Engine configuration: one small pydantic model per concern, combined into :class:`Config`.
+
+Sources, lowest to highest precedence: defaults < TOML file (``--config``) < environment
+variables ``EXPLORANK__<SECTION>__<KEY>`` (values parsed as JSON when they parse, e.g.
+``EXPLORANK__BATCHING__MAX_BATCH_SIZE=64``) < command-line flags. Everything is validated
+at start-up; a bad value is a :class:`ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from explorank.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "EXPLORANK__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    #: Prometheus metrics HTTP port; 0 disables the endpoint.
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    grace_s: float = Field(10.0, ge=0)
+    max_concurrent_rpcs: int = Field(2048, ge=1)
+    max_message_mb: int = Field(16, ge=1, le=1024)
+    #: Deadline applied to calls that carry none (seconds).
+    default_deadline_s: float = Field(30.0, gt=0)
+
+
+class ModelConfig(_Section):
+    #: Bundle directory; None = the default bundle (built into cache_dir on first run).
+    bundle: Path | None = None
+    cache_dir: Path | None = None
+    verify_checksums: bool = True
+
+
+class BackendConfig(_Section):
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    #: auto = fp16 TensorRT plan on a GPU when present, else fp32 on CPU.
+    precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
+    #: None = the CPUs actually available to this process (affinity / cgroup quota).
+    intra_op_threads: int | None = Field(None, ge=1)
+
+
+class BatchingConfig(_Section):
+    #: 1 disables batching.
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    #: Pending encoder requests beyond this are refused with RESOURCE_EXHAUSTED.
+    max_queue_size: int = Field(1024, ge=1)
+    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _buckets(cls, v: list[int]) -> list[int]:
+        if not v or any(b <= 0 for b in v):
+            raise ValueError("must be a non-empty list of positive token counts")
+        return sorted(set(v))
+
+
+class CacheConfig(_Section):
+    user_max_entries: int = Field(100_000, ge=0)
+    user_ttl_s: float | None = Field(300.0, gt=0)
+    item_max_entries: int = Field(100_000, ge=0)
+
+
+class LimitsConfig(_Section):
+    max_candidates: int = Field(10_000, ge=1)
+    max_top_k: int = Field(1000, ge=1)
+    default_top_k: int = Field(10, ge=1)
+    max_text_chars: int = Field(8192, ge=1)
+    max_history: int = Field(100, ge=0)
+    max_id_chars: int = Field(256, ge=1)
+
+
+class RankingConfig(_Section):
+    default_scorer: str = "mf"
+    default_policy: str = "softmax"
+    #: Per-scorer constructor parameters, e.g. {"neural": {"chunk_size": 4096}}.
+    scorers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Per-policy constructor parameters, e.g. {"epsilon_greedy": {"epsilon": 0.05}}.
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Base seed mixed with each event id: the same event id ranks the same way.
+    seed: int = 0
+
+
+class StateConfig(_Section):
+    store: str = "sqlite"
+    #: Store options, e.g. {"path": "explorank-state.db"} or {"url": "redis://..."}.
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: Rewards later than this after the Rank are refused (FAILED_PRECONDITION).
+    reward_window_s: float = Field(86_400.0, gt=0)
+    #: How often policy statistics are refreshed from a shared store (Redis).
+    sync_interval_ms: float = Field(500.0, gt=0)
+    retention_max_age_s: float | None = Field(None, gt=0)
+    retention_max_events: int | None = Field(None, ge=1)
+    retention_interval_s: float = Field(600.0, gt=0)
+
+
+class PluginsConfig(_Section):
+    #: Load no third-party plugins (entry points); EXPLORANK_PLUGINS=none does the same.
+    block_external: bool = False
+    #: Only these third-party plugins (entry-point or distribution names); None = all.
+    allow: list[str] | None = None
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if self.limits.default_top_k > self.limits.max_top_k:
+            raise ValueError("limits.default_top_k must not exceed limits.max_top_k")
+        return self
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"{loc}: {msg}{got_s}")
+    return f"invalid configuration ({source}): " + "; ".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``EXPLORANK__SECTION__KEY=value`` -> {"section": {"key": value}}."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults < TOML file < environment < ``overrides`` (from CLI flags)."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist (check --config)")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        source = str(p)
+    env = env_overrides(environ)
+    if env:
+        data = _deep_merge(data, env)
+        source += " + environment"
+    if overrides:
+        data = _deep_merge(data, overrides)
+        source += " + command line"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("EXPLORANK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "explorank"

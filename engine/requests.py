@@ -1,0 +1,116 @@
+"""Transport-independent request/response types of the Rank and Reward paths, and their
+validation. The gRPC servicer converts protobuf messages to these and back; the
+evaluation simulator and tests use them directly."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from explorank.engine.config import LimitsConfig
+from explorank.errors import InvalidArgumentError
+
+_ID_RE = re.compile(r"^[^\x00-\x1f]+$")
+
+
+@dataclass(frozen=True)
+class CandidateInput:
+    item_id: str
+    text: str = ""
+
+
+@dataclass
+class RankInput:
+    user_id: str = ""
+    context_text: str = ""
+    history_item_ids: list[str] = field(default_factory=list)
+    candidates: list[CandidateInput] = field(default_factory=list)
+    top_k: int = 0
+    scorer: str = ""
+    policy: str = ""
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class RankedItemOutput:
+    item_id: str
+    score: float
+    propensity: float
+    explored: bool
+
+
+@dataclass
+class RankOutput:
+    event_id: str
+    items: list[RankedItemOutput]
+    model_version: str
+    scorer: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class RewardOutput:
+    accepted: bool
+    duplicate: bool
+
+
+def _check_id(value: str, name: str, limits: LimitsConfig, *, required: bool) -> None:
+    if not value:
+        if required:
+            raise InvalidArgumentError(name, "must not be empty")
+        return
+    if len(value) > limits.max_id_chars:
+        raise InvalidArgumentError(name, f"is {len(value)} characters long; the limit is {limits.max_id_chars}")
+    if not _ID_RE.match(value):
+        raise InvalidArgumentError(name, "must not contain control characters")
+
+
+def _check_text(value: str, name: str, limits: LimitsConfig) -> None:
+    if len(value) > limits.max_text_chars:
+        raise InvalidArgumentError(
+            name, f"is {len(value)} characters long; the limit is {limits.max_text_chars}"
+        )
+
+
+def validate_rank(req: RankInput, limits: LimitsConfig) -> RankInput:
+    """Check a Rank request against the limits; fill defaults. Raises InvalidArgumentError."""
+    _check_id(req.event_id, "event_id", limits, required=False)
+    _check_id(req.user_id, "user_id", limits, required=False)
+    _check_text(req.context_text, "context_text", limits)
+    if len(req.history_item_ids) > limits.max_history:
+        raise InvalidArgumentError(
+            "history_item_ids", f"has {len(req.history_item_ids)} entries; the limit is {limits.max_history}"
+        )
+    for i, hid in enumerate(req.history_item_ids):
+        _check_id(hid, f"history_item_ids[{i}]", limits, required=True)
+    if len(req.candidates) > limits.max_candidates:
+        raise InvalidArgumentError(
+            "candidates", f"has {len(req.candidates)} entries; the limit is {limits.max_candidates}"
+        )
+    seen: set[str] = set()
+    for i, cand in enumerate(req.candidates):
+        _check_id(cand.item_id, f"candidates[{i}].item_id", limits, required=True)
+        _check_text(cand.text, f"candidates[{i}].text", limits)
+        if cand.item_id in seen:
+            raise InvalidArgumentError(f"candidates[{i}].item_id", f"duplicate candidate {cand.item_id!r}")
+        seen.add(cand.item_id)
+    if req.top_k < 0:
+        raise InvalidArgumentError("top_k", "must be >= 0 (0 means the default)")
+    if req.top_k > limits.max_top_k:
+        raise InvalidArgumentError("top_k", f"is {req.top_k}; the limit is {limits.max_top_k}")
+    if req.top_k == 0:
+        req.top_k = limits.default_top_k
+    if not req.event_id:
+        req.event_id = uuid.uuid4().hex
+    return req
+
+
+def validate_reward(event_id: str, item_id: str, value: float, limits: LimitsConfig) -> None:
+    _check_id(event_id, "event_id", limits, required=True)
+    _check_id(item_id, "item_id", limits, required=True)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgumentError("value", f"must be a finite number, got {value!r}")
+    if not -1.0 <= value <= 1.0:
+        raise InvalidArgumentError("value", f"must be in [-1, 1], got {value!r}")

@@ -1,0 +1,196 @@
+"""The gRPC server: a thin servicer over :class:`~explorank.engine.pipeline.Engine`, the
+standard health service, server reflection, Prometheus metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from explorank.engine.grpc_errors import status_for
+from explorank.engine.pipeline import Engine
+from explorank.engine.requests import CandidateInput, RankInput, RankOutput
+from explorank.v1 import ranker_pb2, ranker_pb2_grpc
+
+log = logging.getLogger("explorank.server")
+
+SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+T = TypeVar("T")
+
+
+def rank_input_from_proto(req: ranker_pb2.RankRequest) -> RankInput:
+    return RankInput(
+        user_id=req.user_id,
+        context_text=req.context_text,
+        history_item_ids=list(req.history_item_ids),
+        candidates=[CandidateInput(c.item_id, c.text) for c in req.candidates],
+        top_k=int(req.top_k),
+        scorer=req.scorer,
+        policy=req.policy,
+        event_id=req.event_id,
+    )
+
+
+def rank_output_to_proto(out: RankOutput) -> ranker_pb2.RankResponse:
+    return ranker_pb2.RankResponse(
+        event_id=out.event_id,
+        items=[
+            ranker_pb2.RankedItem(item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored)
+            for i in out.items
+        ],
+        model_version=out.model_version,
+        scorer=out.scorer,
+        policy=out.policy,
+    )
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def _call(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+        code = grpc.StatusCode.OK
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", rpc)
+                message = f"internal error: {type(exc).__name__}: {exc}"
+            else:
+                message = str(exc)
+            await context.abort(code, message)
+            raise  # abort raises; unreachable
+        finally:
+            self.engine.metrics.requests.labels(rpc, code.name).inc()
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self.engine.config.server.default_deadline_s
+        return time.monotonic() + remaining
+
+    async def Rank(self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext) -> ranker_pb2.RankResponse:
+        async def run() -> ranker_pb2.RankResponse:
+            out = await self.engine.rank(rank_input_from_proto(request), deadline=self._deadline(context))
+            return rank_output_to_proto(out)
+
+        return await self._call("Rank", context, run)
+
+    async def Reward(
+        self, request: ranker_pb2.RewardRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.RewardResponse:
+        async def run() -> ranker_pb2.RewardResponse:
+            out = await self.engine.reward(request.event_id, request.item_id, request.value)
+            return ranker_pb2.RewardResponse(accepted=out.accepted, duplicate=out.duplicate)
+
+        return await self._call("Reward", context, run)
+
+    async def GetInfo(
+        self, request: ranker_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.GetInfoResponse:
+        async def run() -> ranker_pb2.GetInfoResponse:
+            info = dict(self.engine.info())
+            batching = ranker_pb2.BatchingInfo(**info.pop("batching"))
+            return ranker_pb2.GetInfoResponse(batching=batching, **info)
+
+        return await self._call("GetInfo", context, run)
+
+
+class Server:
+    """Owns the grpc.aio server, the health servicer and the engine's lifecycle."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        sc = engine.config.server
+        max_bytes = sc.max_message_mb * 1024 * 1024
+        self.grpc_server = grpc.aio.server(
+            maximum_concurrent_rpcs=sc.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        ranker_pb2_grpc.add_RankerServicer_to_server(RankerServicer(engine), self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc_server,
+        )
+        self.port = 0
+        self._metrics_server: Any = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def _set_health(self, status: Any) -> None:
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def start(self) -> int:
+        sc = self.engine.config.server
+        self.port = self.grpc_server.add_insecure_port(f"{sc.host}:{sc.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {sc.host}:{sc.port} (port in use?)")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc_server.start()
+        log.info("gRPC listening on %s:%d (warming up)", sc.host, self.port)
+        if sc.metrics_port:
+            self._metrics_server = self.engine.metrics.serve_http(sc.metrics_port, sc.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", sc.metrics_host, sc.metrics_port)
+        await self.engine.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        info = self.engine.info()
+        log.info(
+            "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s catalog=%d",
+            info["model_name"], info["model_version"], sc.host, self.port,
+            info["backend"], info["execution_provider"], info["precision"], info["catalog_size"],
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.engine.config.server.grace_s if grace_s is None else grace_s
+        log.info("shutting down (grace %.1f s)", grace)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.engine.accepting = False
+        await self.grpc_server.stop(grace)
+        await self.engine.stop(grace)
+        if self._metrics_server is not None:
+            server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else self._metrics_server
+            shutdown = getattr(server, "shutdown", None)
+            if shutdown:
+                shutdown()
+        self._stopped.set()
+        log.info("stopped")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(engine: Engine, *, ready_callback: Callable[[int], None] | None = None) -> None:
+    server = Server(engine)
+    server.install_signal_handlers()
+    port = await server.start()
+    if ready_callback:
+        ready_callback(port)
+    await server.wait()

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from explorank.engine.config import Config, env_overrides, load_config
+from explorank.errors import ConfigError
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config(environ={})
+    assert isinstance(cfg, Config)
+    assert cfg.batching.max_batch_size >= 1
+    assert cfg.batching.length_buckets == sorted(cfg.batching.length_buckets)
+
+
+def test_precedence_file_env_cli(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = 6000\nhost = "0.0.0.0"\n[batching]\nmax_batch_size = 8\n')
+    env = {"EXPLORANK__SERVER__PORT": "7000", "EXPLORANK__RANKING__POLICIES": '{"epsilon_greedy": {"epsilon": 0.2}}'}
+    cfg = load_config(path, environ=env, overrides={"batching": {"max_batch_size": 4}})
+    assert cfg.server.host == "0.0.0.0"  # file
+    assert cfg.server.port == 7000  # env beats file
+    assert cfg.batching.max_batch_size == 4  # CLI beats file
+    assert cfg.ranking.policies == {"epsilon_greedy": {"epsilon": 0.2}}
+
+
+def test_env_parsing_nested() -> None:
+    assert env_overrides({"EXPLORANK__STATE__OPTIONS__PATH": "/x.db", "OTHER": "1"}) == {
+        "state": {"options": {"path": "/x.db"}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"batching": {"length_buckets": [0, 16]}}, "batching.length_buckets"),
+        ({"backend": {"precision": "int4"}}, "backend.precision"),
+        ({"serverr": {}}, "serverr: unknown setting"),
+        ({"limits": {"default_top_k": 50, "max_top_k": 10}}, "default_top_k"),
+    ],
+)
+def test_invalid_values_name_the_setting(override: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={}, overrides=override)
+    assert needle in str(exc.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
