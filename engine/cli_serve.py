@@ -13,7 +13,7 @@ log = logging.getLogger("explorank.serve")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, help="bundle directory (default: build/use the default bundle)")
-    p.add_argument("--config", type=Path, help="TOML config file (see docs/configuration.md)")
+    p.add_argument("--config", type=Path, help="TOML config file (every key with its default: examples/explorank.toml)")
     p.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9464; 0 = off)")

@@ -61,11 +61,12 @@ class EngineMetrics:
     def observe_queue_wait(self, seconds: float) -> None:
         self.stage.labels("queue").observe(seconds)
 
-    def observe_rejection(self) -> None:
-        self.rejections.inc()
-
-    def observe_deadline_drop(self) -> None:
-        self.deadline_drops.inc()
+    def observe_dropped(self, reason: str, count: int = 1) -> None:
+        """Batcher callback: ``reason`` is "overflow" (queue full) or "deadline"."""
+        if reason == "overflow":
+            self.rejections.inc(count)
+        elif reason == "deadline":
+            self.deadline_drops.inc(count)
 
     # -- summaries (GetInfo, benchmarks) ------------------------------------------------
     def batching_summary(self) -> dict[str, Any]:

@@ -95,20 +95,21 @@ class Engine:
             block_external=config.plugins.block_external, allow=config.plugins.allow
         )
         bc = config.backend
-        precision = bc.precision
-        if precision == "auto":
-            precision = "fp16" if bundle.has_tensorrt_plan() and bc.backend != "onnxruntime" else "fp32"
         self.backend = backend or create_backend(
             bundle,
             backend=bc.backend,
-            precision=precision,
+            precision=bc.precision,
             provider=bc.provider,
             intra_op_threads=bc.intra_op_threads,
+            max_batch_size=config.batching.max_batch_size,
         )
         self.tokenizer = Tokenizer.from_bundle(bundle)
         self.user_cache = LRUCache(config.cache.user_max_entries, ttl_s=config.cache.user_ttl_s)
         self.item_cache = LRUCache(config.cache.item_max_entries)
         self.event_cache = LRUCache(10_000)
+        centroid = bundle.item_embeddings.mean(axis=0) if len(bundle.items) else np.zeros(bundle.embedding_dim)
+        norm = float(np.linalg.norm(centroid))
+        self._centroid = (centroid / norm if norm > 0 else centroid).astype(np.float32)
         self._store = store
         self.scorers: dict[str, Scorer] = {}
         self.policies: dict[str, Policy] = {}
@@ -168,7 +169,14 @@ class Engine:
             raise ConfigError(f"ranking.policies configures unknown policies {unknown}")
 
     async def start(self, *, warmup: bool = True) -> None:
+        from threadpoolctl import threadpool_limits
+
         from explorank.engine.batcher import DynamicBatcher
+
+        # The encoder parallelises inside ONNX Runtime; numpy's BLAS work on the Rank path
+        # (scoring, linear policies) is small, and a second multi-threaded pool spinning
+        # next to ORT's costs far more than it gains.
+        threadpool_limits(limits=1, user_api="blas")
 
         self._check_defaults()
         self._build_plugins()
@@ -190,6 +198,7 @@ class Engine:
             length_buckets=tuple(b for b in bc.length_buckets if b <= self.bundle.max_seq_length)
             or (self.bundle.max_seq_length,),
             metrics=self.metrics,
+            pad_id=self.tokenizer.pad_id,
         )
         await self.batcher.start()
         if warmup:
@@ -302,6 +311,10 @@ class Engine:
         return await self.batcher.submit_many(ids, deadline=deadline)
 
     async def _user_embedding(self, text: str, deadline: float | None) -> np.ndarray:
+        if not text.strip():
+            # A user with no context and no history: the catalog centroid, so that the
+            # ranking starts from what is typical of the catalog (and exploration does the rest).
+            return self._centroid
         key = _text_key(text)
         hit = self.user_cache.get(key)
         if hit is not None:

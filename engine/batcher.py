@@ -1,0 +1,553 @@
+"""The dynamic batcher: concurrent encoder requests -> few, well-shaped backend calls.
+
+Why it exists: a BERT encoder costs nearly the same for one sequence as for several
+(the GEMMs are wider, not longer), and it costs in proportion to the *padded* length.
+So concurrent requests are grouped, and only with others of similar length.
+
+How it works (one asyncio task, the scheduler, plus one worker thread):
+
+- ``submit(ids)`` puts a request in the queue of its **length bucket**: the smallest
+  bucket >= ``len(ids)``. Sequences longer than the largest bucket get a bucket of their
+  own length rounded up to a multiple of 8 (never truncated here: truncation to the
+  model's maximum is the tokenizer's job, and silently cutting text would change
+  results). With the bucket top equal to ``max_seq_length`` this never happens.
+- The scheduler waits until the worker is free, then takes a batch from ONE bucket, up
+  to ``max_batch_size`` requests: a bucket is *ready* when it holds a full batch or its
+  oldest request has waited ``max_queue_delay_ms``; among ready buckets it takes the one
+  whose oldest request has waited longest (no bucket starves). While the worker
+  computes, the next batch keeps forming in the queues, so under load batches grow
+  by themselves and the delay is only paid when the system is idle.
+- The backend call runs in a single-thread executor (the backend parallelises
+  internally; two concurrent calls would only fight over the same cores) so the event
+  loop never blocks. Each request's future gets exactly its own row.
+- Overload: at ``max_queue_size`` queued requests ``submit`` raises
+  :class:`ResourceExhaustedError` at once. A request whose ``deadline``
+  (``time.monotonic()`` based) passes while queued fails with
+  :class:`DeadlineExceededError` and is never computed; a cancelled caller's request is
+  dropped too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from explorank.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+__all__ = ["BatcherMetrics", "BatcherStats", "DynamicBatcher", "EncodeFn"]
+
+log = logging.getLogger(__name__)
+
+EncodeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class BatcherMetrics(Protocol):
+    """Observer of batcher events; the server bridges it to Prometheus. Called on the loop."""
+
+    def observe_batch(
+        self, size: int, real_tokens: int, padded_tokens: int, compute_s: float
+    ) -> None:
+        """One backend call: batch size, real and computed (padded) tokens, seconds."""
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        """One request's wait from submit until its batch was formed."""
+
+    def observe_dropped(self, reason: str, count: int) -> None:
+        """Requests not computed: reason is "deadline", "cancelled" or "overflow".
+
+        Optional: the batcher only calls it when the metrics object defines it."""
+
+
+@dataclass
+class BatcherStats:
+    """Running totals, always kept (cheap); ``padding_efficiency`` = real / computed tokens."""
+
+    batches: int = 0
+    requests: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    compute_s: float = 0.0
+    dropped_deadline: int = 0
+    dropped_cancelled: int = 0
+    rejected_overflow: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.requests / self.batches if self.batches else 0.0
+
+
+class _Request:
+    __slots__ = ("ids", "future", "enqueued", "deadline", "timer")
+
+    def __init__(self, ids: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None):
+        self.ids = ids
+        self.future = future
+        self.enqueued = time.monotonic()
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+
+
+def _safe(fn: Callable[..., None], *args: Any) -> None:
+    """Call a metrics hook; a broken exporter must never stop the batcher."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("batcher metrics hook %r failed", getattr(fn, "__name__", fn))
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _as_ids(ids: Any, field_name: str) -> np.ndarray:
+    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1 and ids.shape[0]:
+        return ids  # the common case, checked cheaply
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidArgumentError(
+            field_name,
+            f"expected a non-empty 1-D integer array of token ids, got {arr.dtype}{arr.shape}",
+        )
+    return arr if arr.dtype == np.int64 else arr.astype(np.int64)
+
+
+class DynamicBatcher:
+    """Groups concurrent ``submit`` calls into length-bucketed batches for ``encode_fn``.
+
+    ``encode_fn(input_ids, attention_mask) -> (batch, d)`` is typically
+    ``Backend.encode``. ``max_batch_size=1`` disables batching (each request runs alone,
+    still off the loop). ``max_inflight_batches`` > 1 lets the next batch be queued on
+    the executor before the current one ends (only useful with a multi-thread executor).
+    """
+
+    def __init__(
+        self,
+        encode_fn: EncodeFn,
+        *,
+        max_batch_size: int = 32,
+        max_queue_delay_ms: float = 2.0,
+        max_queue_size: int = 1024,
+        length_buckets: Sequence[int] = (16, 32, 64, 128),
+        executor: concurrent.futures.Executor | None = None,
+        metrics: BatcherMetrics | None = None,
+        pad_id: int = 0,
+        warmup_batch_sizes: Sequence[int] | None = None,
+        max_inflight_batches: int = 1,
+    ) -> None:
+        if int(max_batch_size) < 1:
+            raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not max_queue_delay_ms >= 0:
+            raise ConfigError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
+        if int(max_queue_size) < 1:
+            raise ConfigError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        if int(max_inflight_batches) < 1:
+            raise ConfigError(f"max_inflight_batches must be >= 1, got {max_inflight_batches}")
+        buckets = sorted({int(b) for b in length_buckets})
+        if not buckets or buckets[0] < 1:
+            raise ConfigError(
+                f"length_buckets must be positive token counts, got {list(length_buckets)}"
+            )
+        self._encode_fn = encode_fn
+        self.max_batch_size = int(max_batch_size)
+        self.max_queue_delay_s = float(max_queue_delay_ms) / 1000.0
+        self.max_queue_size = int(max_queue_size)
+        self.length_buckets: tuple[int, ...] = tuple(buckets)
+        self.pad_id = int(pad_id)
+        self._max_inflight = int(max_inflight_batches)
+        if warmup_batch_sizes is None:
+            sizes = {
+                1 << k
+                for k in range(self.max_batch_size.bit_length())
+                if 1 << k <= self.max_batch_size
+            }
+            sizes.add(self.max_batch_size)
+        else:
+            sizes = {int(s) for s in warmup_batch_sizes}
+            bad = [s for s in sizes if not 1 <= s <= self.max_batch_size]
+            if bad:
+                raise ConfigError(
+                    f"warmup_batch_sizes {bad} are outside 1..max_batch_size={self.max_batch_size}"
+                )
+        self.warmup_batch_sizes: tuple[int, ...] = tuple(sorted(sizes))
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="explorank-encode"
+        )
+        self._metrics = metrics
+        # observe_dropped is optional: a metrics object without it still works
+        self._on_dropped: Callable[[str, int], None] | None = getattr(
+            metrics, "observe_dropped", None
+        )
+        self.stats = BatcherStats()
+        self._queues: dict[int, deque[_Request]] = {}
+        self._pending = 0
+        self._state = "new"
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wakeup: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._state != "new":
+            raise UnavailableError(f"batcher cannot start: it is {self._state}")
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self._max_inflight)
+        self._state = "running"
+        self._scheduler = self._loop.create_task(self._schedule(), name="explorank-batcher")
+        self._scheduler.add_done_callback(self._scheduler_done)
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting work. ``drain=True`` computes everything queued (without waiting
+        for more); ``drain=False`` fails queued requests with :class:`UnavailableError`.
+        Either way the batch in flight finishes and its callers get their rows."""
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        self._closing = True
+        if not drain:
+            self._fail_queued(
+                UnavailableError("the encoder batcher is shutting down; retry elsewhere")
+            )
+        self._notify()
+        if self._scheduler is not None:
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+        if self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+        self._state = "stopped"
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def pending(self) -> int:
+        """Requests queued and not yet taken into a batch (dropped ones until pruned)."""
+        return self._pending
+
+    def bucket_for(self, length: int) -> int:
+        """Padded length for a sequence of ``length`` tokens."""
+        i = bisect.bisect_left(self.length_buckets, length)
+        if i < len(self.length_buckets):
+            return self.length_buckets[i]
+        return -(-length // 8) * 8
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_s * 1000.0,
+            "max_queue_size": self.max_queue_size,
+            "length_buckets": list(self.length_buckets),
+            "warmup_batch_sizes": list(self.warmup_batch_sizes),
+        }
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Encode one sequence of token ids; returns its ``(d,)`` embedding."""
+        (req,) = self._admit([_as_ids(ids, "input_ids")], deadline)
+        return await req.future
+
+    async def submit_many(
+        self, list_of_ids: Sequence[np.ndarray], deadline: float | None = None
+    ) -> np.ndarray:
+        """Encode several sequences (admitted all or none); returns ``(n, d)`` in order."""
+        if len(list_of_ids) == 0:
+            raise InvalidArgumentError("input_ids", "no sequences to encode; pass at least one")
+        arrays = [_as_ids(ids, f"input_ids[{i}]") for i, ids in enumerate(list_of_ids)]
+        reqs = self._admit(arrays, deadline)
+        futures = [r.future for r in reqs]
+        try:
+            rows = [await fut for fut in futures]
+        except BaseException:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled():
+                    fut.exception()  # mark retrieved: one error is reported, not n
+            raise
+        return np.stack(rows)
+
+    def _admit(self, arrays: list[np.ndarray], deadline: float | None) -> list[_Request]:
+        if self._state != "running":
+            raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
+        n = len(arrays)
+        if n > self.max_queue_size:
+            raise ResourceExhaustedError(
+                f"{n} sequences exceed the encoder queue capacity ({self.max_queue_size}); send fewer"
+            )
+        if self._pending + n > self.max_queue_size:
+            self._prune()
+            if self._pending + n > self.max_queue_size:
+                self.stats.rejected_overflow += n
+                self._observe_dropped("overflow", n)
+                raise ResourceExhaustedError(
+                    f"encoder queue is full ({self._pending} of {self.max_queue_size} queued); retry with backoff"
+                )
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self.stats.dropped_deadline += n
+            self._observe_dropped("deadline", n)
+            raise DeadlineExceededError("the request's deadline passed before encoding could start")
+        loop = self._loop
+        assert loop is not None
+        reqs = []
+        wake = False
+        for arr in arrays:
+            req = _Request(arr, loop.create_future(), deadline)
+            if deadline is not None:
+                req.timer = loop.call_later(deadline - now, self._expire, req)
+            key = self.bucket_for(arr.shape[0])
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = deque()
+            queue.append(req)
+            wake = wake or len(queue) == 1 or len(queue) >= self.max_batch_size
+            reqs.append(req)
+        self._pending += n
+        if wake:
+            self._notify()
+        return reqs
+
+    def _expire(self, req: _Request) -> None:
+        if not req.future.done():
+            req.future.set_exception(
+                DeadlineExceededError(
+                    "the request's deadline passed while it waited for the encoder"
+                )
+            )
+
+    # ------------------------------------------------------------------ scheduler
+    def _notify(self) -> None:
+        if self._wakeup is not None:
+            _resolve(self._wakeup)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[None] = loop.create_future()
+        self._wakeup = fut
+        handle = None
+        if timeout is not None:
+            handle = loop.call_later(max(timeout, 0.0), _resolve, fut)
+        try:
+            await fut
+        finally:
+            self._wakeup = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _schedule(self) -> None:
+        assert self._slots is not None and self._loop is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:
+                self._slots.release()
+                return
+            task = self._loop.create_task(self._execute(*batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _next_batch(self) -> tuple[int, list[_Request]] | None:
+        while True:
+            now = time.monotonic()
+            chosen: int | None = None
+            chosen_age = float("inf")
+            next_due = float("inf")
+            for key, queue in list(self._queues.items()):
+                while queue and queue[0].future.done():  # expired or cancelled heads
+                    self._drop(queue.popleft())
+                if not queue:
+                    del self._queues[key]
+                    continue
+                head = queue[0].enqueued
+                due = head + self.max_queue_delay_s
+                if len(queue) >= self.max_batch_size or due <= now or self._closing:
+                    if head < chosen_age:
+                        chosen, chosen_age = key, head
+                else:
+                    next_due = min(next_due, due)
+            if chosen is not None:
+                reqs = self._take(chosen, now)
+                if reqs:
+                    return chosen, reqs
+                continue
+            if not self._queues:
+                if self._closing:
+                    return None
+                await self._sleep(None)
+            else:
+                await self._sleep(next_due - now)
+
+    def _take(self, key: int, now: float) -> list[_Request]:
+        queue = self._queues[key]
+        out: list[_Request] = []
+        observe_wait = self._metrics.observe_queue_wait if self._metrics is not None else None
+        while queue and len(out) < self.max_batch_size:
+            req = queue.popleft()
+            self._pending -= 1
+            if req.future.done():
+                self._count_drop(req)
+                continue
+            if req.deadline is not None and req.deadline <= now:
+                self._expire(req)
+                self._count_drop(req)
+                continue
+            out.append(req)
+            if observe_wait is not None:
+                _safe(observe_wait, now - req.enqueued)
+        if not queue:
+            del self._queues[key]
+        return out
+
+    def _drop(self, req: _Request) -> None:
+        self._pending -= 1
+        self._count_drop(req)
+
+    def _count_drop(self, req: _Request) -> None:
+        reason = "cancelled" if req.future.cancelled() else "deadline"
+        if reason == "cancelled":
+            self.stats.dropped_cancelled += 1
+        else:
+            self.stats.dropped_deadline += 1
+        if req.timer is not None:
+            req.timer.cancel()
+        self._observe_dropped(reason, 1)
+
+    def _prune(self) -> None:
+        """Remove dead requests everywhere (only on the overflow path: O(queued))."""
+        for key, queue in list(self._queues.items()):
+            live = deque(r for r in queue if not r.future.done())
+            for r in queue:
+                if r.future.done():
+                    self._drop(r)
+            if live:
+                self._queues[key] = live
+            else:
+                del self._queues[key]
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        for queue in self._queues.values():
+            for req in queue:
+                if req.timer is not None:
+                    req.timer.cancel()
+                if not req.future.done():
+                    req.future.set_exception(exc)
+        self._queues.clear()
+        self._pending = 0
+
+    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("encoder batcher scheduler failed: %r", exc)
+            self._state = "failed"
+            self._fail_queued(UnavailableError(f"the encoder batcher failed: {exc!r}"))
+
+    def _observe_dropped(self, reason: str, n: int) -> None:
+        if self._on_dropped is not None:
+            _safe(self._on_dropped, reason, n)
+
+    # ------------------------------------------------------------------ execution
+    async def _execute(self, length: int, reqs: list[_Request]) -> None:
+        assert self._loop is not None and self._slots is not None
+        try:
+            n = len(reqs)
+            ids = np.full((n, length), self.pad_id, dtype=np.int64)
+            mask = np.zeros((n, length), dtype=np.int64)
+            real = 0
+            for row, req in enumerate(reqs):
+                k = req.ids.shape[0]
+                ids[row, :k] = req.ids
+                mask[row, :k] = 1
+                real += k
+            t0 = time.perf_counter()
+            try:
+                out = await self._loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
+                out = np.asarray(out)
+                if out.ndim != 2 or out.shape[0] != n:
+                    raise RuntimeError(
+                        f"encode_fn returned shape {out.shape} for a batch of {n}; expected one row per input"
+                    )
+            except Exception as exc:
+                for req in reqs:
+                    if req.timer is not None:
+                        req.timer.cancel()
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                return
+            compute_s = time.perf_counter() - t0
+            for row, req in enumerate(reqs):
+                if req.timer is not None:
+                    req.timer.cancel()
+                if not req.future.done():
+                    req.future.set_result(out[row].copy())
+            st = self.stats
+            st.batches += 1
+            st.requests += n
+            st.real_tokens += real
+            st.padded_tokens += n * length
+            st.compute_s += compute_s
+            st.batch_sizes[n] += 1
+            if self._metrics is not None:
+                _safe(self._metrics.observe_batch, n, real, n * length, compute_s)
+        finally:
+            self._slots.release()
+
+    # ------------------------------------------------------------------ warm-up
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """Every ``(batch_size, padded_length)`` the warm-up runs: buckets x warm-up sizes."""
+        return [(b, length) for length in self.length_buckets for b in self.warmup_batch_sizes]
+
+    async def warmup(
+        self, shapes: Sequence[tuple[int, int]] | None = None
+    ) -> list[tuple[int, int]]:
+        """Run each shape through ``encode_fn`` once (off the loop); returns the shapes run.
+
+        Lazy backends (TensorRT profiles, cuDNN autotuning, ORT's first-run allocations)
+        pay their one-time costs here rather than on a client's request.
+        """
+        shapes = list(shapes) if shapes is not None else self.warmup_shapes()
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        log.info("warming up the encoder: %d shapes", len(shapes))
+        for i, (b, length) in enumerate(shapes, 1):
+            ids = np.full((b, length), self.pad_id, dtype=np.int64)
+            mask = np.ones((b, length), dtype=np.int64)
+            out = await loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
+            if np.asarray(out).shape[0] != b:
+                raise RuntimeError(
+                    f"encode_fn returned {np.asarray(out).shape} for a warm-up batch of {b}"
+                )
+            if i % 8 == 0 or i == len(shapes):
+                log.info("warm-up %d/%d shapes (%.1fs)", i, len(shapes), time.perf_counter() - t0)
+        return shapes

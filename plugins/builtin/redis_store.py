@@ -1,0 +1,603 @@
+"""``redis``: a state store shared by several engine replicas (behind a load balancer).
+
+Rewards and item statistics: one Lua script per reward does HSETNX on the event's reward
+hash (idempotency on (event_id, item_id)) and, only when the reward is new, the
+HINCRBYFLOAT of every per-item statistic field. Redis runs scripts atomically, so a reward
+is applied once and concurrent increments from any number of replicas never race.
+
+Array statistics (LinUCB's A = Σxxᵀ, b = Σrx: up to d² floats per reward) are batched:
+each replica sums array deltas locally and flushes them every ``array_flush_every``
+rewards or ``array_flush_ms`` (and on close) as float64 blobs appended to a per-array
+delta list; readers add ``base + Σ deltas`` with numpy and occasionally fold the list into
+``base`` (an optimistic WATCH/MULTI transaction). So Redis never does d² float math.
+
+Crash gap: the reward script also records the reward in this replica's *pending* hash;
+the flush script removes exactly the flushed rewards from it, atomically with appending
+the deltas. If a replica dies with unflushed deltas, its pending hash names the rewards
+whose array deltas are missing, and :meth:`RedisStore.recover_pending` recomputes and
+applies them (once) from any live process. Staleness and key layout: docs/state.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explorank import hookimpl
+from explorank.errors import ConfigError, InvalidArgumentError
+from explorank.plugins.api import (
+    EventRecord,
+    PolicyStats,
+    RewardRecord,
+    StateStore,
+    StateUnavailableError,
+    StatsDelta,
+)
+from explorank.plugins.builtin import _records
+
+log = logging.getLogger(__name__)
+SEP = "\x1f"  # separates event id and item id in pending refs
+
+LOG_EVENT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  local ttl = tonumber(ARGV[3])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# KEYS: rewards hash, pending hash, then (items hash, version key) per policy with items.
+# ARGV: item_id, reward json, ttl, pending ref ('' when no arrays), pending value,
+#       n policies, then per policy: n fields, (field, increment) pairs.
+RECORD_REWARD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then return 2 end
+  return 0
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
+local a = 7
+for i = 1, tonumber(ARGV[6]) do
+  local m = tonumber(ARGV[a]); a = a + 1
+  for j = 1, m do
+    redis.call('HINCRBYFLOAT', KEYS[1 + 2 * i], ARGV[a], ARGV[a + 1]); a = a + 2
+  end
+  redis.call('INCR', KEYS[2 + 2 * i])
+end
+return 1
+"""
+
+# KEYS: pending hash, then (deltas list, arrays set, version key) per array.
+# ARGV: n refs, refs..., n arrays, then (array name, float64 blob) pairs.
+# All-or-nothing and idempotent: if any ref is gone, the deltas were applied already.
+FLUSH_ARRAYS = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[1], ARGV[1 + i]) == 0 then return 0 end
+end
+for i = 1, n do redis.call('HDEL', KEYS[1], ARGV[1 + i]) end
+local a = n + 3
+for j = 1, tonumber(ARGV[n + 2]) do
+  local k = 2 + 3 * (j - 1)
+  redis.call('RPUSH', KEYS[k], ARGV[a + 1])
+  redis.call('SADD', KEYS[k + 1], ARGV[a])
+  redis.call('INCR', KEYS[k + 2])
+  a = a + 2
+end
+return 1
+"""
+
+ComputeDeltas = Callable[
+    [EventRecord, RewardRecord], "Mapping[str, StatsDelta] | Awaitable[Mapping[str, StatsDelta]]"
+]
+
+
+def _dump(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype="<f8"), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float64)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+class RedisStore(StateStore):
+    """Redis-backed store for several replicas: atomic Lua merges, batched array deltas."""
+
+    name = "redis"
+    description = "Redis (shared by several replicas): atomic Lua merges, batched array deltas"
+    shared = True
+
+    OPTIONS = (
+        "url",
+        "password",
+        "tls",
+        "ssl_ca_certs",
+        "key_prefix",
+        "socket_timeout_s",
+        "event_ttl_s",
+        "array_flush_every",
+        "array_flush_ms",
+        "compact_after",
+        "replica_id",
+        "replica_ttl_s",
+        "max_connections",
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"state.options: unknown redis option(s) {', '.join(unknown)}; known: {', '.join(self.OPTIONS)}"
+            )
+        self.url = str(options.get("url", "redis://127.0.0.1:6379/0"))
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"state.options.url: must start with redis://, rediss:// or unix://, got {self.url!r}"
+            )
+        self.password: str | None = options.get("password")
+        self.tls = bool(options.get("tls", False)) or self.url.startswith("rediss://")
+        self.ssl_ca_certs: str | None = options.get("ssl_ca_certs")
+        self.prefix = str(options.get("key_prefix", "explorank:"))
+        self.socket_timeout_s = _positive(options, "socket_timeout_s", 2.0)
+        self.event_ttl_s = int(_positive(options, "event_ttl_s", 7 * 86_400.0))
+        self.flush_every = int(_positive(options, "array_flush_every", 64))
+        self.flush_ms = _positive(options, "array_flush_ms", 1000.0)
+        self.compact_after = int(_positive(options, "compact_after", 32))
+        self.max_connections = int(_positive(options, "max_connections", 64))
+        self.replica_ttl_s = int(_positive(options, "replica_ttl_s", 60.0))
+        self.replica_id = str(
+            options.get("replica_id")
+            or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._acc: dict[tuple[str, str], np.ndarray] = {}  # (policy, array) -> unflushed sum
+        self._acc_refs: dict[str, list[str]] = {}  # pending ref -> policies with arrays
+        self._inflight: dict[str, int] = {}
+        self._flush_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------- keys
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _pending_key(self, replica: str) -> str:
+        return self._k("pending", replica)
+
+    # -------------------------------------------------------------- lifecycle
+    async def open(self) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise ConfigError(
+                "state.store: the redis store needs the redis package (pip install 'explorank[redis]')"
+            ) from None
+        url = self.url
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.socket_timeout_s,
+            "retry": Retry(NoBackoff(), 0),  # fail fast: the engine answers UNAVAILABLE
+        }
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.tls:
+            url = "rediss://" + url.split("://", 1)[1]
+            if self.ssl_ca_certs:
+                kwargs["ssl_ca_certs"] = self.ssl_ca_certs
+        # A blocking pool queues bursts of concurrent calls instead of failing them.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=self.max_connections, timeout=self.socket_timeout_s, **kwargs
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        for name, src in (("log", LOG_EVENT), ("reward", RECORD_REWARD), ("flush", FLUSH_ARRAYS)):
+            self._scripts[name] = self._client.register_script(src)
+        try:
+            async with self._guard("open"):
+                await self._client.ping()
+                await self._heartbeat()
+        except StateUnavailableError:
+            await self._client.aclose(close_connection_pool=True)
+            self._client = None
+            raise
+        self._timer = asyncio.create_task(self._flush_loop(), name="explorank-redis-flush")
+
+    async def close(self) -> None:
+        if self._client is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._timer
+        try:
+            await self.flush()
+            async with self._guard("close"):
+                if not await self._client.exists(self._pending_key(self.replica_id)):
+                    await self._client.delete(self._k("replica", self.replica_id))
+                    await self._client.srem(self._k("replicas"), self.replica_id)
+        except StateUnavailableError as exc:
+            log.error(
+                "redis store closed with %d unflushed array rewards: %s", len(self._acc_refs), exc
+            )
+        finally:
+            await self._client.aclose(close_connection_pool=True)
+            self._client = None
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(self._client is not None and await self._client.ping())
+        except Exception:
+            return False
+
+    @asynccontextmanager
+    async def _guard(self, what: str) -> AsyncIterator[None]:
+        """Every Redis failure becomes StateUnavailableError (never a false ack)."""
+        from redis.exceptions import RedisError
+
+        if self._client is None:
+            raise StateUnavailableError(f"redis store is not open ({what})")
+        try:
+            yield
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StateUnavailableError(
+                f"redis {self.url} unavailable during {what}: {exc}"
+            ) from exc
+
+    async def _heartbeat(self) -> None:
+        await self._client.set(self._k("replica", self.replica_id), b"1", ex=self.replica_ttl_s)
+        await self._client.sadd(self._k("replicas"), self.replica_id)
+
+    # ----------------------------------------------------------------- events
+    async def log_event(self, event: EventRecord) -> None:
+        _records.check_event(event)
+        payload = _records.encode_event(event)
+        async with self._guard("log_event"):
+            ok = await self._scripts["log"](
+                keys=[self._k("event", event.event_id), self._k("events")],
+                args=[payload, _num(event.created_at), self.event_ttl_s, event.event_id],
+            )
+        if not ok:
+            raise InvalidArgumentError("event_id", f"{event.event_id!r} is already logged")
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        async with self._guard("get_event"):
+            data = await self._client.get(self._k("event", event_id))
+        return None if data is None else _records.decode_event(data)
+
+    # ---------------------------------------------------------------- rewards
+    async def record_reward(self, reward: RewardRecord, deltas: Mapping[str, StatsDelta]) -> bool:
+        keys = [self._k("rewards", reward.event_id), self._pending_key(self.replica_id)]
+        args: list[Any] = [reward.item_id, _records.encode_reward(reward), self.event_ttl_s]
+        item_args: list[Any] = []
+        n_item_policies = 0
+        array_policies: list[str] = []
+        for policy, delta in deltas.items():
+            _records.check_deltas_finite(policy, delta.items, delta.arrays)
+            if delta.arrays:
+                array_policies.append(policy)
+            if delta.items:
+                n_item_policies += 1
+                keys += [self._k("stats", policy, "items"), self._k("stats", policy, "version")]
+                fields = [
+                    (f"{item_id}#{j}", _num(v))
+                    for item_id, vec in delta.items.items()
+                    for j, v in enumerate(np.asarray(vec, dtype=np.float64).ravel())
+                ]
+                item_args += [len(fields), *(x for pair in fields for x in pair)]
+        ref = f"{reward.event_id}{SEP}{reward.item_id}" if array_policies else ""
+        args += [ref, json.dumps(array_policies), n_item_policies, *item_args]
+        if not ref:
+            async with self._guard("record_reward"):
+                return int(await self._scripts["reward"](keys=keys, args=args)) == 1
+        self._inflight[ref] = self._inflight.get(ref, 0) + 1
+        try:
+            async with self._guard("record_reward"):
+                result = int(await self._scripts["reward"](keys=keys, args=args))
+            # 2: a duplicate whose first attempt ran here but whose answer was lost (we
+            # raised then); its pending ref waits for this replica's deltas: add them.
+            if result == 1 or (
+                result == 2 and self._inflight[ref] == 1 and ref not in self._acc_refs
+            ):
+                self._accumulate(ref, array_policies, deltas)
+        finally:
+            self._inflight[ref] -= 1
+            if not self._inflight[ref]:
+                del self._inflight[ref]
+        return result == 1
+
+    def _accumulate(self, ref: str, policies: list[str], deltas: Mapping[str, StatsDelta]) -> None:
+        for policy in policies:
+            for name, arr in deltas[policy].arrays.items():
+                key = (policy, name)
+                add = np.asarray(arr, dtype=np.float64)
+                cur = self._acc.get(key)
+                self._acc[key] = add.copy() if cur is None else cur + add
+        self._acc_refs[ref] = policies
+        if len(self._acc_refs) >= self.flush_every and (
+            self._flush_task is None or self._flush_task.done()
+        ):
+            self._flush_task = asyncio.create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except StateUnavailableError as exc:
+            log.warning("array statistics flush failed, will retry: %s", exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_ms / 1000.0)
+            try:
+                async with self._guard("heartbeat"):
+                    await self._heartbeat()
+            except StateUnavailableError as exc:
+                log.warning("redis heartbeat failed: %s", exc)
+            await self._flush_quietly()
+
+    async def flush(self) -> None:
+        """Send the locally accumulated array deltas to Redis (atomic, idempotent)."""
+        async with self._flush_lock:
+            if not self._acc_refs:
+                return
+            acc, refs = self._acc, self._acc_refs
+            self._acc, self._acc_refs = {}, {}
+            try:
+                applied = await self._apply_arrays(self.replica_id, list(refs), acc)
+            except StateUnavailableError:
+                for key, arr in acc.items():  # keep them for the next attempt
+                    cur = self._acc.get(key)
+                    self._acc[key] = arr if cur is None else cur + arr
+                self._acc_refs.update(refs)
+                raise
+            if not applied:
+                log.warning(
+                    "array deltas of %d rewards were already applied (flush retried after a lost "
+                    "answer, or recover_pending ran for replica %s); dropped them",
+                    len(refs),
+                    self.replica_id,
+                )
+
+    async def _apply_arrays(
+        self, replica: str, refs: list[str], acc: Mapping[tuple[str, str], np.ndarray]
+    ) -> bool:
+        keys = [self._pending_key(replica)]
+        arr_args: list[Any] = []
+        for (policy, name), arr in acc.items():
+            keys += [
+                self._k("stats", policy, "arr", name, "deltas"),
+                self._k("stats", policy, "arrays"),
+                self._k("stats", policy, "version"),
+            ]
+            arr_args += [name, _dump(arr)]
+        async with self._guard("flush"):
+            result = await self._scripts["flush"](
+                keys=keys, args=[len(refs), *refs, len(acc), *arr_args]
+            )
+        return bool(result)
+
+    async def recover_pending(self, compute_deltas: ComputeDeltas) -> int:
+        """Apply the array deltas that dead replicas acknowledged but never flushed.
+
+        A replica is dead when its heartbeat key (refreshed every ``array_flush_ms``,
+        TTL ``replica_ttl_s``) has expired. ``compute_deltas(event, reward)`` must return
+        what the engine's policies' ``update`` returned for that reward (only the array
+        parts are used). Safe to run from several processes at once: each dead
+        replica's deltas are applied at most once. Returns the number of rewards applied;
+        rewards whose event has expired cannot be recomputed and are logged and dropped."""
+        recovered = 0
+        async with self._guard("recover_pending"):
+            replicas = [r.decode() for r in await self._client.smembers(self._k("replicas"))]
+        for replica in replicas:
+            if replica == self.replica_id:
+                continue
+            async with self._guard("recover_pending"):
+                if await self._client.exists(self._k("replica", replica)):
+                    continue  # alive
+                pending = await self._client.hgetall(self._pending_key(replica))
+            acc: dict[tuple[str, str], np.ndarray] = {}
+            refs = [r.decode() for r in pending]
+            n_ok = 0
+            for ref, policies_b in zip(refs, pending.values(), strict=True):
+                event_id, item_id = ref.split(SEP, 1)
+                event = await self.get_event(event_id)
+                async with self._guard("recover_pending"):
+                    raw = await self._client.hget(self._k("rewards", event_id), item_id)
+                if event is None or raw is None:
+                    log.error(
+                        "cannot recover array deltas of reward %s/%s: event expired",
+                        event_id,
+                        item_id,
+                    )
+                    continue
+                deltas = compute_deltas(event, _records.decode_reward(event_id, item_id, raw))
+                if inspect.isawaitable(deltas):
+                    deltas = await deltas
+                for policy in json.loads(policies_b):
+                    for name, arr in deltas[policy].arrays.items() if policy in deltas else ():
+                        cur = acc.get((policy, name))
+                        add = np.asarray(arr, dtype=np.float64)
+                        acc[(policy, name)] = add.copy() if cur is None else cur + add
+                n_ok += 1
+            if refs and not await self._apply_arrays(replica, refs, acc):
+                continue  # another process recovered this replica first
+            recovered += n_ok
+            async with self._guard("recover_pending"):
+                await self._client.srem(self._k("replicas"), replica)
+        return recovered
+
+    # ------------------------------------------------------------------ stats
+    async def load_stats(self, policy: str) -> PolicyStats:
+        """Redis's merged statistics plus this replica's not yet flushed array deltas."""
+        stats = PolicyStats()
+        async with self._guard("load_stats"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(self._k("stats", policy, "items"))
+            pipe.smembers(self._k("stats", policy, "arrays"))
+            pipe.get(self._k("stats", policy, "version"))
+            fields, names, version = await pipe.execute()
+            names = sorted(n.decode() for n in names)
+            if names:
+                pipe = self._client.pipeline(transaction=True)
+                for name in names:
+                    pipe.get(self._k("stats", policy, "arr", name, "base"))
+                    pipe.lrange(self._k("stats", policy, "arr", name, "deltas"), 0, -1)
+                blobs = await pipe.execute()
+        stats.version = int(version or 0)
+        parts: dict[str, dict[int, float]] = {}
+        for field, value in fields.items():
+            item_id, j = field.decode().rsplit("#", 1)
+            parts.setdefault(item_id, {})[int(j)] = float(value)
+        for item_id, vals in parts.items():
+            vec = np.zeros(max(vals) + 1, dtype=np.float64)
+            vec[list(vals)] = list(vals.values())
+            stats.items[item_id] = vec
+        for i, name in enumerate(names if names else []):
+            base, deltas = blobs[2 * i], blobs[2 * i + 1]
+            total = _load(base) if base is not None else None
+            for blob in deltas:
+                total = _load(blob) if total is None else total + _load(blob)
+            if total is not None:
+                stats.arrays[name] = total
+            if len(deltas) > self.compact_after:
+                await self._compact(policy, name)
+        for (pol, name), arr in self._acc.items():
+            if pol == policy:
+                cur = stats.arrays.get(name)
+                stats.arrays[name] = arr.copy() if cur is None else cur + arr
+        return stats
+
+    async def _compact(self, policy: str, name: str) -> None:
+        """Fold the delta list into ``base``; a concurrent compaction makes this a no-op."""
+        from redis.exceptions import WatchError
+
+        base_key = self._k("stats", policy, "arr", name, "base")
+        list_key = self._k("stats", policy, "arr", name, "deltas")
+        try:
+            async with self._guard("compact"), self._client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(base_key)
+                    base = await pipe.get(base_key)
+                    deltas = await pipe.lrange(list_key, 0, -1)
+                    total = _load(base) if base is not None else None
+                    for blob in deltas:
+                        total = _load(blob) if total is None else total + _load(blob)
+                    if total is None:
+                        return
+                    pipe.multi()
+                    pipe.set(base_key, _dump(total))
+                    pipe.ltrim(list_key, len(deltas), -1)
+                    await pipe.execute()
+                except WatchError:
+                    return  # someone else compacted meanwhile
+        except StateUnavailableError as exc:
+            log.warning("array compaction skipped: %s", exc)
+
+    # ------------------------------------------------------- export, retention
+    async def _iter_event_ids(self, page: int = 500) -> AsyncIterator[list[str]]:
+        """Event ids by creation time, paged by score (robust to concurrent inserts)."""
+        last = float("-inf")
+        seen_at_last: set[str] = set()
+        while True:
+            async with self._guard("export"):
+                rows = await self._client.zrangebyscore(
+                    self._k("events"),
+                    last,
+                    "+inf",
+                    start=0,
+                    num=page + len(seen_at_last),
+                    withscores=True,
+                )
+            fresh = [
+                (m.decode(), s) for m, s in rows if m.decode() not in seen_at_last or s != last
+            ]
+            if not fresh:
+                return
+            top = fresh[-1][1]
+            seen_at_last = {m for m, s in fresh if s == top} | (
+                seen_at_last if top == last else set()
+            )
+            last = top
+            yield [m for m, _ in fresh]
+
+    async def export_events(self, path: Path, fmt: str = "jsonl") -> int:
+        with _records.ExportWriter(Path(path), _records.check_format(fmt)) as writer:
+            async for ids in self._iter_event_ids():
+                async with self._guard("export"):
+                    pipe = self._client.pipeline(transaction=False)
+                    for event_id in ids:
+                        pipe.get(self._k("event", event_id))
+                        pipe.hgetall(self._k("rewards", event_id))
+                    res = await pipe.execute()
+                for i, event_id in enumerate(ids):
+                    payload, rewards = res[2 * i], res[2 * i + 1]
+                    if payload is None:
+                        continue  # expired (event_ttl_s)
+                    recs = [
+                        _records.decode_reward(event_id, k.decode(), v) for k, v in rewards.items()
+                    ]
+                    writer.write(_records.export_row(_records.decode_event(payload), recs))
+                    if writer.count % 10_000 == 0:
+                        log.info("exported %d events", writer.count)
+        return writer.count
+
+    async def apply_retention(self, max_age_s: float | None, max_events: int | None) -> int:
+        """Drop events (and their rewards) older than ``max_age_s`` or beyond the newest
+        ``max_events``. Statistics are untouched: they already absorbed the rewards."""
+        doomed: list[bytes] = []
+        zkey = self._k("events")
+        async with self._guard("apply_retention"):
+            if max_age_s is not None:
+                doomed += await self._client.zrangebyscore(
+                    zkey, "-inf", f"({time.time() - max_age_s!r}"
+                )
+            if max_events is not None:
+                excess = await self._client.zcard(zkey) - int(max_events)
+                if excess > 0:
+                    doomed += await self._client.zrange(zkey, 0, excess - 1)
+            ids = sorted({d.decode() for d in doomed})
+            dropped = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                pipe = self._client.pipeline(transaction=True)
+                pipe.delete(*[self._k("event", e) for e in chunk])
+                pipe.delete(*[self._k("rewards", e) for e in chunk])
+                pipe.zrem(zkey, *chunk)
+                dropped += int((await pipe.execute())[0])
+        return dropped
+
+
+def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"state.options.{name}: must be a positive number, got {value!r}")
+    return float(value)
+
+
+@hookimpl
+def register_state_stores(register: Callable[[type], None]) -> None:
+    register(RedisStore)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from explorank.engine.cli import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_every_command_has_help() -> None:
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0, name
+
+
+def test_serve_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[batching]\nmax_batch_size = 0\n")
+    assert main(["serve", "--config", str(cfg), "--bundle", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "batching.max_batch_size" in err
+
+
+def test_serve_missing_bundle_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--bundle", str(tmp_path / "nope"), "--metrics-port", "0"]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_rank_without_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["rank", "--address", "127.0.0.1:1", "--timeout", "2"])
+    assert code == 1
+    assert "error" in capsys.readouterr().err.lower()
+
+
+def test_engine_imports_without_torch() -> None:
+    """The serving path must not import torch or transformers."""
+    code = (
+        "import sys; import explorank.engine.server, explorank.engine.pipeline, explorank.engine.cli_serve; "
+        "import explorank.plugins.manager; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
