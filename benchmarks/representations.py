@@ -1,0 +1,168 @@
+"""The two item/user representations the evaluation compares, behind one small interface.
+
+- ``bert``: item vectors are the bundle encoder's text embeddings (precomputed once: read
+  from the bundle's ``item_embeddings.npy`` for catalog items whose id *and* text match,
+  encoded in batches through the bundle's ONNX encoder otherwise). They never change; a
+  cold-start item is as well described as any other.
+- ``id``: item vectors are id embeddings with no text, learned online: each item starts
+  as a small random vector and is moved by logistic SGD on the rewards the simulation
+  observes. A cold-start item knows nothing until it has been shown.
+
+In both, the user vector is built by the same rule: the mean of the vectors of the user's
+most recent positive items (training history first, then the clicks of the simulation).
+So a policy sees the same kind of inputs in both worlds, and the difference between the two
+runs of one policy isolates what the text encoder contributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("explorank.benchmarks")
+
+HISTORY = 20  # how many recent positive items make up a user vector
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.where(norms == 0.0, 1.0, norms)).astype(np.float32)
+
+
+def encode_texts(bundle: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Encode texts with the bundle's fp32 ONNX encoder, in length-sorted batches.
+
+    Sorting by token count keeps padding small; the result is returned in input order,
+    L2-normalised, float32 ``(len(texts), d)``."""
+    from explorank.engine.backends import create_backend
+    from explorank.engine.tokenize import Tokenizer
+
+    tok = Tokenizer.from_bundle(bundle)
+    ids = tok.encode_batch(list(texts), field="texts")
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    out = np.zeros((len(ids), bundle.embedding_dim), dtype=np.float32)
+    backend = create_backend(bundle, backend="onnxruntime", precision="fp32")
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, mask = tok.pad([ids[i] for i in rows])
+            out[rows] = np.asarray(backend.encode(input_ids, mask), dtype=np.float32)
+    finally:
+        backend.close()
+    return _normalize(out)
+
+
+def bert_item_embeddings(bundle: Any, item_ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """Embeddings of the given items: from the bundle's precomputed catalog matrix where the
+    item id is in the catalog with the same text, from the encoder (batched) for the rest."""
+    out = np.zeros((len(item_ids), bundle.embedding_dim), dtype=np.float32)
+    missing: list[int] = []
+    for i, (item_id, text) in enumerate(zip(item_ids, texts, strict=True)):
+        row = bundle.index.get(item_id)
+        if row is not None and bundle.items[row].text == text:
+            out[i] = bundle.item_embeddings[row]
+        else:
+            missing.append(i)
+    if missing:
+        log.info(
+            "encoding %d item texts with the bundle encoder (not in its catalog)", len(missing)
+        )
+        out[missing] = encode_texts(bundle, [texts[i] for i in missing])
+    return _normalize(out)
+
+
+class Representation:
+    """Item and user vectors for the simulator; ``observe`` learns from one shown slate."""
+
+    name = "base"
+
+    def __init__(self, item_vectors: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+        self.items = _normalize(np.asarray(item_vectors, dtype=np.float32))
+        self.dim = int(self.items.shape[1])
+        self.recent: list[list[int]] = [list(h)[-HISTORY:] for h in history]
+
+    def item_vectors(self, idx: np.ndarray) -> np.ndarray:
+        """(k, d) L2-normalised vectors of the given item indices."""
+        return self.items[idx]
+
+    def user_vector(self, user: int) -> np.ndarray:
+        """(d,) L2-normalised mean of the user's recent positive items (zeros when none)."""
+        rec = self.recent[user]
+        if not rec:
+            return np.zeros(self.dim, dtype=np.float32)
+        v = self.items[rec].mean(axis=0)
+        n = float(np.linalg.norm(v))
+        return (v / n).astype(np.float32) if n > 0 else v.astype(np.float32)
+
+    def observe(
+        self, user: int, shown: np.ndarray, rewards: np.ndarray, user_vec: np.ndarray
+    ) -> None:
+        """Record the user's clicks in their history (subclasses also learn vectors)."""
+        if rewards.any():
+            rec = self.recent[user]
+            rec.extend(int(i) for i in shown[rewards > 0])
+            if len(rec) > HISTORY:
+                del rec[: len(rec) - HISTORY]
+
+
+class BertRepresentation(Representation):
+    """Fixed text embeddings from the bundle's encoder."""
+
+    name = "bert"
+
+
+class IdRepresentation(Representation):
+    """Id-only item vectors learned online by logistic SGD; no text is ever read.
+
+    For a shown item ``i`` with reward ``r`` (1 click, 0 none) and user vector ``u``:
+    ``q_i += lr * ((r - sigmoid(c * u·q_i)) * u - l2 * q_i)``; the policy and the scorer
+    see the L2-normalised ``q``.
+    """
+
+    name = "id"
+
+    def __init__(
+        self,
+        n_items: int,
+        history: Sequence[Sequence[int]],
+        *,
+        dim: int = 32,
+        lr: float = 0.1,
+        l2: float = 0.001,
+        temperature: float = 5.0,
+        seed: int = 0,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.raw = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n_items, dim)).astype(np.float32)
+        super().__init__(self.raw, history)
+        self.lr = lr
+        self.l2 = l2
+        self.temperature = temperature
+
+    def observe(
+        self, user: int, shown: np.ndarray, rewards: np.ndarray, user_vec: np.ndarray
+    ) -> None:
+        if np.any(user_vec):
+            q = self.raw[shown]
+            pred = 1.0 / (1.0 + np.exp(-self.temperature * (q @ user_vec)))
+            err = (rewards - pred).astype(np.float32)
+            q += self.lr * (err[:, None] * user_vec[None, :] - self.l2 * q)
+            self.raw[shown] = q
+            self.items[shown] = _normalize(q)
+        super().observe(user, shown, rewards, user_vec)
+
+
+def load_bundle_for_eval(path: str | Path | None) -> Any:
+    """The bundle to read BERT embeddings from: ``path``, or the default bundle (built on
+    first use by ``explorank.engine.default_bundle``)."""
+    from explorank.engine.bundle import load_bundle
+
+    if path is None:
+        from explorank.engine.default_bundle import ensure_default_bundle
+
+        path = ensure_default_bundle()
+    return load_bundle(path)
