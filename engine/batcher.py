@@ -29,6 +29,12 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
 
 from __future__ import annotations
 
+#: Batches are padded to their longest sequence rounded up to this (capped at the bucket).
+_PAD_MULTIPLE = 8
+#: Idle dispatch: when the worker is idle and requests have been arriving more than this
+#: many queue delays apart, a request is sent at once instead of waiting for company.
+_IDLE_GAP_FACTOR = 4.0
+
 import asyncio
 import bisect
 import concurrent.futures
@@ -209,6 +215,9 @@ class DynamicBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
+        self._executing = 0
+        self._last_arrival: float | None = None
+        self._arrival_gap: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -310,6 +319,10 @@ class DynamicBatcher:
                     f"encoder queue is full ({self._pending} of {self.max_queue_size} queued); retry with backoff"
                 )
         now = time.monotonic()
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._arrival_gap = gap if self._arrival_gap is None else 0.7 * self._arrival_gap + 0.3 * gap
+        self._last_arrival = now
         if deadline is not None and deadline <= now:
             self.stats.dropped_deadline += n
             self._observe_dropped("deadline", n)
@@ -374,6 +387,7 @@ class DynamicBatcher:
             if batch is None:
                 self._slots.release()
                 return
+            self._executing += 1
             task = self._loop.create_task(self._execute(*batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -392,7 +406,12 @@ class DynamicBatcher:
                     continue
                 head = queue[0].enqueued
                 due = head + self.max_queue_delay_s
-                if len(queue) >= self.max_batch_size or due <= now or self._closing:
+                if (
+                    len(queue) >= self.max_batch_size
+                    or due <= now
+                    or self._closing
+                    or (self._executing == 0 and self._sparse_arrivals())
+                ):
                     if head < chosen_age:
                         chosen, chosen_age = key, head
                 else:
@@ -408,6 +427,13 @@ class DynamicBatcher:
                 await self._sleep(None)
             else:
                 await self._sleep(next_due - now)
+
+    def _sparse_arrivals(self) -> bool:
+        """True when requests arrive so far apart that waiting for a batch to fill would
+        only add latency (a single client, light traffic). Under load the gap shrinks
+        below the queue delay and batches form as before."""
+        gap = self._arrival_gap
+        return self.max_batch_size == 1 or (gap is not None and gap > _IDLE_GAP_FACTOR * self.max_queue_delay_s)
 
     def _take(self, key: int, now: float) -> list[_Request]:
         queue = self._queues[key]
@@ -482,6 +508,8 @@ class DynamicBatcher:
         assert self._loop is not None and self._slots is not None
         try:
             n = len(reqs)
+            longest = max(req.ids.shape[0] for req in reqs)
+            length = min(length, -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE)
             ids = np.full((n, length), self.pad_id, dtype=np.int64)
             mask = np.zeros((n, length), dtype=np.int64)
             real = 0
@@ -521,6 +549,7 @@ class DynamicBatcher:
             if self._metrics is not None:
                 _safe(self._metrics.observe_batch, n, real, n * length, compute_s)
         finally:
+            self._executing -= 1
             self._slots.release()
 
     # ------------------------------------------------------------------ warm-up

@@ -18,7 +18,15 @@ import numpy as np
 from explorank.errors import BundleError
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "embedding_dim", "encoder", "heads", "catalog", "files", "parity")
+REQUIRED_KEYS = (
+    "format_version",
+    "embedding_dim",
+    "encoder",
+    "heads",
+    "catalog",
+    "files",
+    "parity",
+)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -159,7 +167,9 @@ def load_catalog(path: Path) -> list[CatalogItem]:
                 item_id = str(obj.pop("id"))
                 text = str(obj.pop("text"))
             except (json.JSONDecodeError, KeyError) as exc:
-                raise BundleError(f"{path}:{lineno}: expected a JSON object with id and text ({exc})") from exc
+                raise BundleError(
+                    f"{path}:{lineno}: expected a JSON object with id and text ({exc})"
+                ) from exc
             items.append(CatalogItem(item_id, text, obj))
     return items
 
@@ -173,7 +183,11 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     items = load_catalog(path / cat["items"])
     emb = np.load(path / cat["embeddings"], allow_pickle=False)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[0] != len(items) or emb.shape[1] != int(manifest["embedding_dim"]):
+    if (
+        emb.ndim != 2
+        or emb.shape[0] != len(items)
+        or emb.shape[1] != int(manifest["embedding_dim"])
+    ):
         raise BundleError(
             f"{path}: item embeddings have shape {emb.shape}, expected ({len(items)}, {manifest['embedding_dim']})"
         )

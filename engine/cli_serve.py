@@ -12,16 +12,26 @@ log = logging.getLogger("explorank.serve")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, help="bundle directory (default: build/use the default bundle)")
-    p.add_argument("--config", type=Path, help="TOML config file (every key with its default: examples/explorank.toml)")
+    p.add_argument(
+        "--bundle", type=Path, help="bundle directory (default: build/use the default bundle)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (every key with its default: examples/explorank.toml)",
+    )
     p.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9464; 0 = off)")
+    p.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (default 9464; 0 = off)"
+    )
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
     p.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"])
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"])
     p.add_argument("--threads", type=int, help="encoder intra-op threads (default: CPUs available)")
-    p.add_argument("--max-batch-size", type=int, help="dynamic batching limit (1 disables batching)")
+    p.add_argument(
+        "--max-batch-size", type=int, help="dynamic batching limit (1 disables batching)"
+    )
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch waits to fill")
     p.add_argument("--max-queue-size", type=int, help="pending requests before RESOURCE_EXHAUSTED")
     p.add_argument("--scorer", help="default scorer (default mf)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -38,7 +38,7 @@ class RewardResult:
     duplicate: bool
 
 
-CandidateLike = str | tuple[str, str] | ranker_pb2.Candidate
+CandidateLike: TypeAlias = "str | tuple[str, str] | ranker_pb2.Candidate"
 
 
 def _candidate(c: CandidateLike) -> ranker_pb2.Candidate:
@@ -53,8 +53,13 @@ def _candidate(c: CandidateLike) -> ranker_pb2.Candidate:
 class RankerClient:
     """Blocking client; one channel, reused. ``timeout`` is the per-call deadline (s)."""
 
-    def __init__(self, address: str = "localhost:50051", *, timeout: float = 10.0,
-                 channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self,
+        address: str = "localhost:50051",
+        *,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = channel or grpc.insecure_channel(address)
@@ -103,13 +108,17 @@ class RankerClient:
         resp = self._invoke(self._stub.Rank, req, timeout)
         return RankResult(
             event_id=resp.event_id,
-            items=[RankedItemOutput(i.item_id, i.score, i.propensity, i.explored) for i in resp.items],
+            items=[
+                RankedItemOutput(i.item_id, i.score, i.propensity, i.explored) for i in resp.items
+            ],
             model_version=resp.model_version,
             scorer=resp.scorer,
             policy=resp.policy,
         )
 
-    def reward(self, event_id: str, item_id: str, value: float, *, timeout: float | None = None) -> RewardResult:
+    def reward(
+        self, event_id: str, item_id: str, value: float, *, timeout: float | None = None
+    ) -> RewardResult:
         req = ranker_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=value)
         resp = self._invoke(self._stub.Reward, req, timeout)
         return RewardResult(accepted=resp.accepted, duplicate=resp.duplicate)
@@ -118,4 +127,6 @@ class RankerClient:
         from google.protobuf.json_format import MessageToDict
 
         resp = self._invoke(self._stub.GetInfo, ranker_pb2.GetInfoRequest(), timeout)
-        return MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        return MessageToDict(
+            resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )

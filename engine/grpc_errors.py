@@ -48,7 +48,16 @@ def exception_for(code: grpc.StatusCode, message: str) -> ExplorankError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field, _, rest = message.partition(": ")
         return InvalidArgumentError(field if rest else "request", rest or message)
-    for etype, ecode in _MAPPING:
-        if ecode == code and etype is not InvalidArgumentError and etype is not ConfigError:
-            return etype(message)  # type: ignore[call-arg]
+    etype = _INVERSE.get(code)
+    if etype is not None:
+        return etype(message)
     return ExplorankError(f"{code.name}: {message}")
+
+
+_INVERSE: dict[grpc.StatusCode, type[ExplorankError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}

@@ -18,8 +18,25 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025,
-    0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
 
@@ -28,16 +45,34 @@ class EngineMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("explorank_requests", "RPCs by method and status code", ["rpc", "code"], registry=r)
-        self.stage = Histogram(
-            "explorank_stage_seconds", "Time per Rank stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
+        self.requests = Counter(
+            "explorank_requests", "RPCs by method and status code", ["rpc", "code"], registry=r
         )
-        self.batch_size = Histogram("explorank_batch_size", "Encoder batch sizes", buckets=_BATCH_BUCKETS, registry=r)
-        self.tokens_real = Counter("explorank_tokens_real", "Real (unpadded) tokens encoded", registry=r)
-        self.tokens_computed = Counter("explorank_tokens_computed", "Tokens computed incl. padding", registry=r)
-        self.cache = Counter("explorank_cache_requests", "Embedding cache look-ups", ["cache", "result"], registry=r)
-        self.rejections = Counter("explorank_queue_rejections", "Requests refused: queue full", registry=r)
-        self.deadline_drops = Counter("explorank_deadline_drops", "Requests dropped: deadline passed", registry=r)
+        self.stage = Histogram(
+            "explorank_stage_seconds",
+            "Time per Rank stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "explorank_batch_size", "Encoder batch sizes", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.tokens_real = Counter(
+            "explorank_tokens_real", "Real (unpadded) tokens encoded", registry=r
+        )
+        self.tokens_computed = Counter(
+            "explorank_tokens_computed", "Tokens computed incl. padding", registry=r
+        )
+        self.cache = Counter(
+            "explorank_cache_requests", "Embedding cache look-ups", ["cache", "result"], registry=r
+        )
+        self.rejections = Counter(
+            "explorank_queue_rejections", "Requests refused: queue full", registry=r
+        )
+        self.deadline_drops = Counter(
+            "explorank_deadline_drops", "Requests dropped: deadline passed", registry=r
+        )
         self.rewards = Counter("explorank_rewards", "Rewards by outcome", ["outcome"], registry=r)
         self.ready = Gauge("explorank_ready", "1 when serving", registry=r)
         self._lock = threading.Lock()
@@ -47,7 +82,9 @@ class EngineMetrics:
         self._computed = 0
 
     # -- bridge for the dynamic batcher (BatcherMetrics protocol) -----------------------
-    def observe_batch(self, size: int, real_tokens: int, padded_tokens: int, compute_s: float) -> None:
+    def observe_batch(
+        self, size: int, real_tokens: int, padded_tokens: int, compute_s: float
+    ) -> None:
         self.batch_size.observe(size)
         self.tokens_real.inc(real_tokens)
         self.tokens_computed.inc(padded_tokens)

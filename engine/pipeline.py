@@ -7,6 +7,7 @@ the evaluation tools and tests call it directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -107,7 +108,11 @@ class Engine:
         self.user_cache = LRUCache(config.cache.user_max_entries, ttl_s=config.cache.user_ttl_s)
         self.item_cache = LRUCache(config.cache.item_max_entries)
         self.event_cache = LRUCache(10_000)
-        centroid = bundle.item_embeddings.mean(axis=0) if len(bundle.items) else np.zeros(bundle.embedding_dim)
+        centroid = (
+            bundle.item_embeddings.mean(axis=0)
+            if len(bundle.items)
+            else np.zeros(bundle.embedding_dim)
+        )
         norm = float(np.linalg.norm(centroid))
         self._centroid = (centroid / norm if norm > 0 else centroid).astype(np.float32)
         self._store = store
@@ -152,7 +157,9 @@ class Engine:
         )
         for name in self.plugins.scorer_classes():
             try:
-                self.scorers[name] = self.plugins.create_scorer(name, ctx, **rc.scorers.get(name, {}))
+                self.scorers[name] = self.plugins.create_scorer(
+                    name, ctx, **rc.scorers.get(name, {})
+                )
             except Exception as exc:  # a third-party scorer that cannot serve this bundle
                 if name == rc.default_scorer:
                     raise ConfigError(f"default scorer {name!r} cannot be created: {exc}") from exc
@@ -187,9 +194,14 @@ class Engine:
         await self._load_all_stats()
         recover = getattr(self.store, "recover_pending", None)
         if recover is not None:  # a shared store: re-apply what crashed replicas left unflushed
-            recovered = await recover(lambda event, reward: self.deltas_for(event, reward.item_id, reward.value))
+            recovered = await recover(
+                lambda event, reward: self.deltas_for(event, reward.item_id, reward.value)
+            )
             if recovered:
-                log.info("recovered statistics of %d rewards left unflushed by a crashed replica", recovered)
+                log.info(
+                    "recovered statistics of %d rewards left unflushed by a crashed replica",
+                    recovered,
+                )
                 await self._load_all_stats()
         bc = self.config.batching
         self.batcher = DynamicBatcher(
@@ -211,14 +223,18 @@ class Engine:
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="explorank-stats-sync"))
         sc = self.config.state
         if sc.retention_max_age_s or sc.retention_max_events:
-            self._tasks.append(asyncio.create_task(self._retention_loop(), name="explorank-retention"))
+            self._tasks.append(
+                asyncio.create_task(self._retention_loop(), name="explorank-retention")
+            )
         self.ready = True
         self.metrics.ready.set(1)
         self.plugins.call_engine_started(self)
 
     async def _load_all_stats(self) -> None:
         for name, policy in self.policies.items():
-            self.stats[name] = await self.store.load_stats(name) if policy.stateful else PolicyStats()
+            self.stats[name] = (
+                await self.store.load_stats(name) if policy.stateful else PolicyStats()
+            )
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish (up to ``grace_s``), flush state."""
@@ -233,10 +249,8 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         if self.batcher is not None:
             await self.batcher.stop(drain=True)
         if self._store is not None:
@@ -265,7 +279,9 @@ class Engine:
         sc = self.config.state
         while True:
             try:
-                dropped = await self.store.apply_retention(sc.retention_max_age_s, sc.retention_max_events)
+                dropped = await self.store.apply_retention(
+                    sc.retention_max_age_s, sc.retention_max_events
+                )
                 if dropped:
                     log.info("retention dropped %d events", dropped)
             except Exception as exc:  # keep serving
@@ -290,14 +306,18 @@ class Engine:
         name = name or self.config.ranking.default_scorer
         scorer = self.scorers.get(name)
         if scorer is None:
-            raise NotFoundError(f"unknown scorer {name!r}; available: {', '.join(sorted(self.scorers))}")
+            raise NotFoundError(
+                f"unknown scorer {name!r}; available: {', '.join(sorted(self.scorers))}"
+            )
         return name, scorer
 
     def _policy(self, name: str) -> tuple[str, Policy]:
         name = name or self.config.ranking.default_policy
         policy = self.policies.get(name)
         if policy is None:
-            raise NotFoundError(f"unknown policy {name!r}; available: {', '.join(sorted(self.policies))}")
+            raise NotFoundError(
+                f"unknown policy {name!r}; available: {', '.join(sorted(self.policies))}"
+            )
         return name, policy
 
     def _context_text(self, req: RankInput) -> str:
@@ -384,7 +404,11 @@ class Engine:
         items = [
             RankedItemOutput(i, float(s), float(p), bool(e))
             for i, s, p, e in zip(
-                event.ranked_ids, event.ranked_scores, event.propensities, event.explored, strict=True
+                event.ranked_ids,
+                event.ranked_scores,
+                event.propensities,
+                event.explored,
+                strict=True,
             )
         ]
         return RankOutput(event.event_id, items, event.model_version, event.scorer, event.policy)
@@ -400,7 +424,9 @@ class Engine:
             scorer_name, scorer = self._scorer(req.scorer)
             policy_name, policy = self._policy(req.policy)
             if explicit_event:
-                prior = self.event_cache.get(req.event_id) or await self.store.get_event(req.event_id)
+                prior = self.event_cache.get(req.event_id) or await self.store.get_event(
+                    req.event_id
+                )
                 if prior is not None:
                     return self._output_from_event(prior)
             text = self._context_text(req)
@@ -478,7 +504,9 @@ class Engine:
             if event is None:
                 event = await self.store.get_event(event_id)
             if event is None:
-                raise NotFoundError(f"event_id: unknown event {event_id!r} (never logged, or dropped by retention)")
+                raise NotFoundError(
+                    f"event_id: unknown event {event_id!r} (never logged, or dropped by retention)"
+                )
             pos = event.position_of(item_id)
             if pos < 0:
                 raise InvalidArgumentError(

@@ -62,7 +62,9 @@ def _check_id(value: str, name: str, limits: LimitsConfig, *, required: bool) ->
             raise InvalidArgumentError(name, "must not be empty")
         return
     if len(value) > limits.max_id_chars:
-        raise InvalidArgumentError(name, f"is {len(value)} characters long; the limit is {limits.max_id_chars}")
+        raise InvalidArgumentError(
+            name, f"is {len(value)} characters long; the limit is {limits.max_id_chars}"
+        )
     if not _ID_RE.match(value):
         raise InvalidArgumentError(name, "must not contain control characters")
 
@@ -81,7 +83,8 @@ def validate_rank(req: RankInput, limits: LimitsConfig) -> RankInput:
     _check_text(req.context_text, "context_text", limits)
     if len(req.history_item_ids) > limits.max_history:
         raise InvalidArgumentError(
-            "history_item_ids", f"has {len(req.history_item_ids)} entries; the limit is {limits.max_history}"
+            "history_item_ids",
+            f"has {len(req.history_item_ids)} entries; the limit is {limits.max_history}",
         )
     for i, hid in enumerate(req.history_item_ids):
         _check_id(hid, f"history_item_ids[{i}]", limits, required=True)
@@ -94,7 +97,9 @@ def validate_rank(req: RankInput, limits: LimitsConfig) -> RankInput:
         _check_id(cand.item_id, f"candidates[{i}].item_id", limits, required=True)
         _check_text(cand.text, f"candidates[{i}].text", limits)
         if cand.item_id in seen:
-            raise InvalidArgumentError(f"candidates[{i}].item_id", f"duplicate candidate {cand.item_id!r}")
+            raise InvalidArgumentError(
+                f"candidates[{i}].item_id", f"duplicate candidate {cand.item_id!r}"
+            )
         seen.add(cand.item_id)
     if req.top_k < 0:
         raise InvalidArgumentError("top_k", "must be >= 0 (0 means the default)")

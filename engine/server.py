@@ -42,7 +42,9 @@ def rank_output_to_proto(out: RankOutput) -> ranker_pb2.RankResponse:
     return ranker_pb2.RankResponse(
         event_id=out.event_id,
         items=[
-            ranker_pb2.RankedItem(item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored)
+            ranker_pb2.RankedItem(
+                item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored
+            )
             for i in out.items
         ],
         model_version=out.model_version,
@@ -55,7 +57,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def _call(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]
+    ) -> T:
         code = grpc.StatusCode.OK
         try:
             return await fn()
@@ -80,9 +84,13 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             remaining = self.engine.config.server.default_deadline_s
         return time.monotonic() + remaining
 
-    async def Rank(self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext) -> ranker_pb2.RankResponse:
+    async def Rank(
+        self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.RankResponse:
         async def run() -> ranker_pb2.RankResponse:
-            out = await self.engine.rank(rank_input_from_proto(request), deadline=self._deadline(context))
+            out = await self.engine.rank(
+                rank_input_from_proto(request), deadline=self._deadline(context)
+            )
             return rank_output_to_proto(out)
 
         return await self._call("Rank", context, run)
@@ -126,7 +134,11 @@ class Server:
         ranker_pb2_grpc.add_RankerServicer_to_server(RankerServicer(engine), self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.grpc_server,
         )
         self.port = 0
@@ -154,8 +166,14 @@ class Server:
         info = self.engine.info()
         log.info(
             "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s catalog=%d",
-            info["model_name"], info["model_version"], sc.host, self.port,
-            info["backend"], info["execution_provider"], info["precision"], info["catalog_size"],
+            info["model_name"],
+            info["model_version"],
+            sc.host,
+            self.port,
+            info["backend"],
+            info["execution_provider"],
+            info["precision"],
+            info["catalog_size"],
         )
         return self.port
 
@@ -171,7 +189,11 @@ class Server:
         await self.grpc_server.stop(grace)
         await self.engine.stop(grace)
         if self._metrics_server is not None:
-            server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else self._metrics_server
+            server = (
+                self._metrics_server[0]
+                if isinstance(self._metrics_server, tuple)
+                else self._metrics_server
+            )
             shutdown = getattr(server, "shutdown", None)
             if shutdown:
                 shutdown()

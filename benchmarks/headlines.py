@@ -1,0 +1,111 @@
+"""The headline ratios of both benchmarks, checked against the project's targets.
+
+Each function takes report rows and returns the ratios the issue's targets are stated in,
+``None`` where a needed row was not measured (a skipped backend or target), plus
+``targets`` (the thresholds) and ``met`` (True/False/None per target).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["HEADLINE_SHAPE", "encoder_headline", "serve_headline"]
+
+#: (batch, seq) of the encoder targets.
+HEADLINE_SHAPE = (32, 64)
+
+
+def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The issue's target ratios at batch 32 x seq 64 (None where not measured)."""
+    b, s = HEADLINE_SHAPE
+    at = {r["backend"]: r for r in rows if r["batch_size"] == b and r["seq_len"] == s}
+    int8, fp32, torch_row = at.get("ort-int8"), at.get("ort-fp32"), at.get("pytorch")
+
+    def ratio(x: dict[str, Any] | None, y: dict[str, Any] | None) -> float | None:
+        return float(x["throughput_seq_s"] / y["throughput_seq_s"]) if (x and y) else None
+
+    gate = (manifest.get("parity") or {}).get("int8")
+    out: dict[str, Any] = {
+        "shape": {"batch_size": b, "seq_len": s},
+        "int8_vs_pytorch": ratio(int8, torch_row),
+        "fp32_vs_pytorch": ratio(fp32, torch_row),
+        "int8_vs_fp32": ratio(int8, fp32),
+        "fp32_pct_of_ceiling": fp32["pct_of_ceiling"] if fp32 else None,
+        "int8_accuracy_gate_passed": gate.get("passed") if isinstance(gate, dict) else None,
+        "targets": {"int8_vs_pytorch": 2.5, "fp32_pct_of_ceiling": 90.0},
+    }
+    out["met"] = {
+        "int8_vs_pytorch": None
+        if out["int8_vs_pytorch"] is None
+        else out["int8_vs_pytorch"] >= 2.5,
+        "fp32_pct_of_ceiling": None
+        if out["fp32_pct_of_ceiling"] is None
+        else out["fp32_pct_of_ceiling"] >= 90.0,
+    }
+    return out
+
+
+def serve_headline(
+    rows: list[dict[str, Any]],
+    concurrency: list[int],
+    encoder_ms: float | None,
+    encoder_seq: int | None,
+) -> dict[str, Any]:
+    c = 16 if 16 in concurrency else max(concurrency)
+    at = {r["target"]: r for r in rows if r["mode"] == "closed" and r["concurrency"] == c}
+    ex, nb, peer = at.get("explorank"), at.get("explorank-nobatch"), at.get("torch-peer")
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        if a and b and b["throughput_rps"]:
+            return float(a["throughput_rps"] / b["throughput_rps"])
+        return None
+
+    single = next(
+        (
+            r
+            for r in rows
+            if r["target"] == "explorank" and r["mode"] == "closed" and r["concurrency"] == 1
+        ),
+        None,
+    )
+    single_p50 = single["p50_ms"] if single else None
+    out: dict[str, Any] = {
+        "concurrency": c,
+        "explorank_vs_peer_throughput": ratio(ex, peer),
+        "explorank_p99_ms": ex["p99_ms"] if ex else None,
+        "peer_p99_ms": peer["p99_ms"] if peer else None,
+        "batching_on_vs_off": ratio(ex, nb),
+        "padding_efficiency": ex["padding_efficiency"] if ex else None,
+        "single_client_p50_ms": single_p50,
+        "encoder_batch1_p50_ms": encoder_ms,
+        "encoder_seq_len": encoder_seq,
+        "single_client_overhead_ms": (single_p50 - encoder_ms)
+        if (single_p50 is not None and encoder_ms)
+        else None,
+        "targets": {
+            "explorank_vs_peer_throughput": 3.0,
+            "batching_on_vs_off": 1.5,
+            "padding_efficiency": 0.85,
+            "single_client_overhead_ms": 2.0,
+        },
+    }
+    p99_lower = (
+        (out["explorank_p99_ms"] < out["peer_p99_ms"])
+        if (ex and peer and ex["p99_ms"] and peer["p99_ms"])
+        else None
+    )
+
+    def ge(v: float | None, t: float) -> bool | None:
+        return None if v is None else v >= t
+
+    out["met"] = {
+        "explorank_vs_peer_throughput": None
+        if out["explorank_vs_peer_throughput"] is None
+        else bool(out["explorank_vs_peer_throughput"] >= 3.0 and p99_lower),
+        "batching_on_vs_off": ge(out["batching_on_vs_off"], 1.5),
+        "padding_efficiency": ge(out["padding_efficiency"], 0.85),
+        "single_client_overhead_ms": None
+        if out["single_client_overhead_ms"] is None
+        else out["single_client_overhead_ms"] <= 2.0,
+    }
+    return out

@@ -1,0 +1,397 @@
+"""``explorank bench serve``: end-to-end Rank latency and throughput under load.
+
+For each target, one after another (never concurrently: they would share the cores):
+start it as a subprocess on a free loopback port (or use ``--address``), warm it up,
+run the closed-loop concurrency sweep, then the open-loop Poisson rates, scraping the
+server's ``/metrics`` before and after every measurement window, then stop it.
+
+Targets: ``explorank`` (dynamic batching, default settings), ``explorank-nobatch``
+(``--max-batch-size 1``) and ``torch-peer`` (:mod:`.peer_torch_server`: the Hugging Face
+model in PyTorch per request, what a user would otherwise write). All get the same
+client, the same request sequence and the same load points. Open-loop rates, unless
+given, are 50% and 80% of the first target's best closed-loop throughput, and are then
+the same for every target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explorank.benchmarks.encoder_bench import catalog_token_stream, make_inputs, percentiles
+from explorank.benchmarks.headlines import serve_headline
+from explorank.benchmarks.serve_load import LoadResult, RequestFactory, closed_loop, open_loop
+from explorank.benchmarks.serve_procs import (
+    ManagedServer,
+    check_loopback,
+    explorank_command,
+    free_port,
+    peer_command,
+    scrape_metrics,
+    window_stats,
+)
+from explorank.errors import ExplorankError, InvalidArgumentError
+
+__all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
+
+TARGETS = ("explorank", "explorank-nobatch", "torch-peer")
+DEFAULT_BUCKETS = (16, 32, 64, 128)
+
+
+@dataclass
+class ServeBenchConfig:
+    address: str | None = None
+    bundle: Path | None = None
+    model_dir: Path | None = None
+    metrics_url: str | None = None
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    rates: list[float] | None = None
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    candidates: int = 100
+    max_requests: int = 100_000
+    timeout_s: float = 10.0
+    unique_contexts: bool = True
+    reward_fraction: float = 0.0
+    max_in_flight: int = 512
+    threads: int | None = None
+    seed: int = 0
+    startup_timeout_s: float = 180.0
+    quick: bool = False
+
+    @classmethod
+    def quick_defaults(cls, **overrides: Any) -> ServeBenchConfig:
+        """Three short points per loop type per target: about 2-3 minutes on 2 cores."""
+        base: dict[str, Any] = dict(
+            concurrency=[1, 4, 16], duration_s=3.0, warmup_s=1.5, quick=True
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def validate(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise InvalidArgumentError(
+                "--targets", f"unknown {unknown or 'empty list'}; choose from {','.join(TARGETS)}"
+            )
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise InvalidArgumentError(
+                "--concurrency", f"need positive integers, got {self.concurrency}"
+            )
+        if self.rates is not None and (not self.rates or any(not r > 0 for r in self.rates)):
+            raise InvalidArgumentError(
+                "--rate", f"need positive rates (requests/s), got {self.rates}"
+            )
+        if not self.duration_s > 0 or self.duration_s > 3600:
+            raise InvalidArgumentError(
+                "--duration", f"must be in (0, 3600] seconds, got {self.duration_s}"
+            )
+        if self.max_requests < 1:
+            raise InvalidArgumentError("--max-requests", f"must be >= 1, got {self.max_requests}")
+        if not 0.0 <= self.reward_fraction <= 1.0:
+            raise InvalidArgumentError(
+                "--reward-fraction", f"must be in [0, 1], got {self.reward_fraction}"
+            )
+        if self.address is not None:
+            check_loopback(self.address)
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench serve] {msg}", file=sys.stderr, flush=True)
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _bucket(length: int, max_len: int) -> int:
+    return min(next((b for b in DEFAULT_BUCKETS if b >= length), max_len), max_len)
+
+
+def load_profile(factory: RequestFactory, tokenizer: Any, n: int = 300) -> dict[str, Any]:
+    """Token-length distribution of the contexts the load sends (truncated as the server does)."""
+    texts = [factory.context("profile", i)[1] for i in range(n)]
+    lengths = np.array([len(x) for x in tokenizer.encode_batch(texts)])
+    p50, p90 = percentiles(lengths.tolist(), (50, 90))
+    return {"p50": p50, "p90": p90, "max": int(lengths.max()), "min": int(lengths.min())}
+
+
+def encoder_batch1_ms(
+    bundle: Any, tokenizer: Any, seq: int, threads: int | None, reps: int = 40
+) -> float:
+    """p50 of the engine's encoder at batch 1 x ``seq`` (real catalog tokens), in this process."""
+    from explorank.engine.backends import create_backend
+
+    stream, cls_id, sep_id = catalog_token_stream(tokenizer, [it.text for it in bundle.items])
+    ids, mask = make_inputs(stream, cls_id, sep_id, 1, seq, np.random.default_rng(0))
+    with create_backend(
+        bundle, backend="auto", precision="fp32", provider="auto", intra_op_threads=threads
+    ) as be:
+        for _ in range(5):
+            be.encode(ids, mask)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            be.encode(ids, mask)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return percentiles(times, (50,))[0]
+
+
+async def _measure_target(
+    name: str,
+    address: str,
+    metrics_url: str | None,
+    factory: RequestFactory,
+    cfg: ServeBenchConfig,
+    rates_for: Callable[[list[dict[str, Any]]], list[float]],
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    import grpc
+
+    from explorank.v1 import ranker_pb2, ranker_pb2_grpc
+
+    rows: list[dict[str, Any]] = []
+    reward_rng = random.Random(cfg.seed)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ranker_pb2_grpc.RankerStub(channel)
+
+        def send(req: Any) -> Any:
+            return stub.Rank(req, timeout=cfg.timeout_s)
+
+        async def reward(req: Any, resp: Any) -> bool:
+            if not resp.items or reward_rng.random() >= cfg.reward_fraction:
+                return False
+            await stub.Reward(
+                ranker_pb2.RewardRequest(
+                    event_id=resp.event_id, item_id=resp.items[0].item_id, value=1.0
+                ),
+                timeout=cfg.timeout_s,
+            )
+            return True
+
+        after = reward if cfg.reward_fraction > 0 else None
+        warm_c = min(max(cfg.concurrency), 16)
+        warm = await closed_loop(
+            lambda i: factory.make("warm", i),
+            send,
+            concurrency=warm_c,
+            duration_s=cfg.warmup_s,
+            max_requests=cfg.max_requests,
+            drain_s=cfg.timeout_s,
+        )
+        if warm.completed == 0:
+            raise ExplorankError(
+                f"{name}: no request succeeded during warm-up (errors {dict(warm.error_codes)})"
+            )
+
+        async def point(kind: str, value: float) -> None:
+            before = scrape_metrics(metrics_url) if metrics_url else None
+            tag = f"{kind}{value:g}"
+
+            def make(i: int) -> Any:
+                return factory.make(tag, i)
+
+            res: LoadResult
+            if kind == "c":
+                res = await closed_loop(
+                    make,
+                    send,
+                    concurrency=int(value),
+                    duration_s=cfg.duration_s,
+                    max_requests=cfg.max_requests,
+                    drain_s=cfg.timeout_s + 2,
+                    after=after,
+                )
+            else:
+                res = await open_loop(
+                    make,
+                    send,
+                    rate=value,
+                    duration_s=cfg.duration_s,
+                    max_requests=cfg.max_requests,
+                    max_in_flight=cfg.max_in_flight,
+                    seed=cfg.seed,
+                    drain_s=cfg.timeout_s + 2,
+                    after=after,
+                )
+            stats: dict[str, Any] = {
+                "avg_batch_size": None,
+                "padding_efficiency": None,
+                "batches": None,
+            }
+            if before is not None and metrics_url:
+                stats = window_stats(before, scrape_metrics(metrics_url))
+            row = {"target": name, **res.summary(), **stats}
+            rows.append(row)
+            load = f"c={int(value)}" if kind == "c" else f"rate={value:g}/s"
+            progress(
+                f"{name} {res.mode} {load}: {row['throughput_rps']:.1f} req/s, p50 {_f(row['p50_ms'])} "
+                f"p99 {_f(row['p99_ms'])} ms, errors {row['errors']}, avg batch {_f(stats['avg_batch_size'])}, "
+                f"padding eff. {_f(stats['padding_efficiency'], 2)}"
+            )
+            await asyncio.sleep(0.3)  # let stragglers finish before the next window
+
+        for c in cfg.concurrency:
+            await point("c", c)
+        for r in rates_for(rows):
+            await point("r", r)
+    return rows
+
+
+def run_serve_bench(
+    config: ServeBenchConfig,
+    *,
+    progress: Callable[[str], None] = _progress,
+    logs_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run every target and return the report dict (schema in docs/benchmarks.md)."""
+    from explorank.benchmarks.encoder_backends import resolve_model_dir
+    from explorank.benchmarks.machine import machine_info
+    from explorank.engine.bundle import load_bundle
+    from explorank.engine.default_bundle import ensure_default_bundle
+    from explorank.engine.tokenize import Tokenizer
+
+    config.validate()
+    t_start = time.perf_counter()
+    if config.bundle is None:
+        progress(
+            "no --bundle: using the default bundle (building it first if missing; that is not bench time)"
+        )
+    bundle = load_bundle(config.bundle or ensure_default_bundle())
+    tokenizer = Tokenizer.from_bundle(bundle)
+    factory = RequestFactory(
+        [(it.id, it.text) for it in bundle.items],
+        candidates=config.candidates,
+        seed=config.seed,
+        unique=config.unique_contexts,
+    )
+    profile = load_profile(factory, tokenizer)
+    enc_seq = _bucket(int(round(profile["p50"])), bundle.max_seq_length)
+    enc_ms: float | None = None
+    try:
+        enc_ms = encoder_batch1_ms(bundle, tokenizer, enc_seq, config.threads)
+        progress(f"encoder batch 1 x seq {enc_seq} (median request, bucketed): p50 {enc_ms:.2f} ms")
+    except ExplorankError as exc:
+        progress(f"could not measure the encoder's batch-1 latency: {exc}")
+
+    targets = ["explorank"] if config.address else list(config.targets)
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    derived: list[float] | None = list(config.rates) if config.rates else None
+
+    def rates_for(target_rows: list[dict[str, Any]]) -> list[float]:
+        nonlocal derived
+        if derived is None:
+            peak = max(
+                (r["throughput_rps"] for r in target_rows if r["mode"] == "closed"), default=0.0
+            )
+            derived = [round(f * peak, 1) for f in (0.5, 0.8) if f * peak >= 0.5]
+            progress(
+                f"open-loop rates (50% and 80% of the first target's peak {peak:.1f} req/s): {derived}"
+            )
+        return derived
+
+    work = Path(tempfile.mkdtemp(prefix="explorank-bench-serve-"))
+    try:
+        for name in targets:
+            if config.address:
+                rows += asyncio.run(
+                    _measure_target(
+                        name,
+                        config.address,
+                        config.metrics_url,
+                        factory,
+                        config,
+                        rates_for,
+                        progress,
+                    )
+                )
+                continue
+            port_file = work / f"{name}.port"
+            if name == "torch-peer":
+                missing = [
+                    m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None
+                ]
+                model_dir, note = resolve_model_dir(
+                    bundle, config.model_dir, is_default=config.bundle is None
+                )
+                if missing or model_dir is None:
+                    reason = (
+                        f"{', '.join(missing)} not installed (pip install 'explorank[export]')"
+                        if missing
+                        else note
+                    )
+                    skipped.append({"target": name, "reason": reason})
+                    progress(f"skipping {name}: {reason}")
+                    continue
+                server = ManagedServer(
+                    name,
+                    peer_command(bundle.path, model_dir, port_file, config.threads),
+                    work,
+                    port_file,
+                )
+            else:
+                mport = free_port()
+                extra = ["--threads", str(config.threads)] if config.threads else []
+                cmd = explorank_command(
+                    bundle.path,
+                    work,
+                    name,
+                    port_file,
+                    mport,
+                    max_batch_size=1 if name == "explorank-nobatch" else None,
+                    extra=extra,
+                )
+                server = ManagedServer(name, cmd, work, port_file, metrics_port=mport)
+            t0 = time.perf_counter()
+            progress(f"starting {name} ...")
+            try:
+                with server:
+                    address = server.start(config.startup_timeout_s)
+                    progress(
+                        f"{name} serving on {address} (started in {time.perf_counter() - t0:.1f} s)"
+                    )
+                    rows += asyncio.run(
+                        _measure_target(
+                            name, address, server.metrics_url, factory, config, rates_for, progress
+                        )
+                    )
+            except ExplorankError as exc:
+                skipped.append({"target": name, "reason": str(exc).splitlines()[0]})
+                progress(f"{name} failed: {exc}")
+    finally:
+        if logs_dir is not None:
+            logs_dir.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, logs_dir / log.name)
+        shutil.rmtree(work, ignore_errors=True)
+
+    return {
+        "kind": "serve",
+        "machine": machine_info(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        | {"bundle": str(bundle.path), "model_name": bundle.model_name, "rates_used": derived},
+        "load": {
+            "candidates": factory.candidates,
+            "context_tokens": profile,
+            "unique_contexts": config.unique_contexts,
+            "duration_s": config.duration_s,
+            "max_requests": config.max_requests,
+        },
+        "skipped": skipped,
+        "rows": rows,
+        "headline": serve_headline(rows, config.concurrency, enc_ms, enc_seq),
+        "elapsed_s": time.perf_counter() - t_start,
+    }
