@@ -119,7 +119,9 @@ class PolicyStats:
             self.items[key] = np.asarray(vec, dtype=np.float64).copy() if cur is None else cur + vec
         for key, arr in delta.arrays.items():
             cur = self.arrays.get(key)
-            self.arrays[key] = np.asarray(arr, dtype=np.float64).copy() if cur is None else cur + arr
+            self.arrays[key] = (
+                np.asarray(arr, dtype=np.float64).copy() if cur is None else cur + arr
+            )
         self.version += 1
 
     def copy(self) -> PolicyStats:

@@ -20,4 +20,6 @@ class UnknownPluginError(PluginError, NotFoundError):
         self.kind = kind
         self.name = name
         self.known = known
-        super().__init__(f"unknown {kind} {name!r}; registered: {', '.join(sorted(known)) or 'none'}")
+        super().__init__(
+            f"unknown {kind} {name!r}; registered: {', '.join(sorted(known)) or 'none'}"
+        )

@@ -81,11 +81,24 @@ class ThreadServer:
 class ProcessServer:
     """``explorank serve`` in a subprocess; ``port`` is known once it is SERVING."""
 
-    def __init__(self, args: list[str], workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "explorank", "serve", "--port", "0", "--metrics-port", "0",
-               "--port-file", str(self.port_file), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "explorank",
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--port-file",
+            str(self.port_file),
+            *args,
+        ]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)

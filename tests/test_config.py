@@ -16,7 +16,10 @@ def test_defaults_are_valid() -> None:
 def test_precedence_file_env_cli(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[server]\nport = 6000\nhost = "0.0.0.0"\n[batching]\nmax_batch_size = 8\n')
-    env = {"EXPLORANK__SERVER__PORT": "7000", "EXPLORANK__RANKING__POLICIES": '{"epsilon_greedy": {"epsilon": 0.2}}'}
+    env = {
+        "EXPLORANK__SERVER__PORT": "7000",
+        "EXPLORANK__RANKING__POLICIES": '{"epsilon_greedy": {"epsilon": 0.2}}',
+    }
     cfg = load_config(path, environ=env, overrides={"batching": {"max_batch_size": 4}})
     assert cfg.server.host == "0.0.0.0"  # file
     assert cfg.server.port == 7000  # env beats file

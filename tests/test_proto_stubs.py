@@ -14,10 +14,21 @@ STUBS = ("ranker_pb2.py", "ranker_pb2.pyi", "ranker_pb2_grpc.py")
 def test_stubs_match_proto(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     proto_src = tmp_path / "proto"
-    shutil.copytree(ROOT / "proto", proto_src, ignore=shutil.ignore_patterns("*.py", "*.pyi", "__pycache__"))
+    shutil.copytree(
+        ROOT / "proto", proto_src, ignore=shutil.ignore_patterns("*.py", "*.pyi", "__pycache__")
+    )
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(proto_src), f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(proto_src / "explorank/v1/ranker.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(proto_src),
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            str(proto_src / "explorank/v1/ranker.proto"),
+        ],
         check=True,
     )
     for name in STUBS:

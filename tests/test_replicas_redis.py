@@ -16,7 +16,9 @@ from tests.server_harness import ProcessServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-SYNC_MS = 200  # state.sync_interval_ms for both replicas: the documented staleness bound for item stats
+SYNC_MS = (
+    200  # state.sync_interval_ms for both replicas: the documented staleness bound for item stats
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +37,34 @@ def redis_url() -> Iterator[str]:
         server.cleanup()
 
 
-def test_reward_on_one_replica_changes_ranking_on_the_other(tiny_bundle: Path, tmp_path: Path, redis_url: str) -> None:
+def test_reward_on_one_replica_changes_ranking_on_the_other(
+    tiny_bundle: Path, tmp_path: Path, redis_url: str
+) -> None:
     env = {
         "EXPLORANK__STATE__SYNC_INTERVAL_MS": str(SYNC_MS),
         "EXPLORANK__STATE__OPTIONS__KEY_PREFIX": f"replicas-{uuid.uuid4().hex[:8]}:",
     }
-    args = ["--bundle", str(tiny_bundle), "--store", "redis", "--redis-url", redis_url, "--policy", "ucb1"]
+    args = [
+        "--bundle",
+        str(tiny_bundle),
+        "--store",
+        "redis",
+        "--redis-url",
+        redis_url,
+        "--policy",
+        "ucb1",
+    ]
     a = ProcessServer(args, tmp_path, env=env)
     b = ProcessServer(args, tmp_path, env=env)
     try:
         a.wait_ready()
         b.wait_ready()
         cands = [it.id for it in load_bundle(tiny_bundle).items][:6]
-        req = {"context_text": "a fixed context for both replicas", "candidates": cands, "top_k": len(cands)}
+        req = {
+            "context_text": "a fixed context for both replicas",
+            "candidates": cands,
+            "top_k": len(cands),
+        }
         with RankerClient(a.address) as ca, RankerClient(b.address) as cb:
             top_a = ca.rank(**req).items[0].item_id
             top_b = cb.rank(**req).items[0].item_id
@@ -56,7 +73,9 @@ def test_reward_on_one_replica_changes_ranking_on_the_other(tiny_bundle: Path, t
             for _ in range(25):
                 ev = ca.rank(**req)  # every event returns all candidates, so top_a can be rewarded
                 assert ca.reward(ev.event_id, top_a, -1.0).accepted
-            assert ca.rank(**req).items[0].item_id != top_a, "replica A learned from its own rewards"
+            assert ca.rank(**req).items[0].item_id != top_a, (
+                "replica A learned from its own rewards"
+            )
             acked_at = time.monotonic()
             changed_after = None
             while time.monotonic() - acked_at < 10.0:

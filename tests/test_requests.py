@@ -8,7 +8,9 @@ from explorank.engine.config import LimitsConfig
 from explorank.engine.requests import CandidateInput, RankInput, validate_rank, validate_reward
 from explorank.errors import InvalidArgumentError
 
-LIMITS = LimitsConfig(max_candidates=5, max_top_k=20, max_text_chars=50, max_history=2, max_id_chars=10)
+LIMITS = LimitsConfig(
+    max_candidates=5, max_top_k=20, max_text_chars=50, max_history=2, max_id_chars=10
+)
 
 
 def test_defaults_filled() -> None:

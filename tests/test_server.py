@@ -51,14 +51,20 @@ def test_health_serving_after_warmup(srv: ThreadServer) -> None:
 
 def test_reflection_lists_ranker(srv: ThreadServer) -> None:
     refl = reflection_pb2_grpc.ServerReflectionStub(srv.channel())
-    responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    responses = refl.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "explorank.v1.Ranker" in names
     assert "grpc.health.v1.Health" in names
 
 
-def test_rank_returns_top_k_with_propensities(stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str]) -> None:
-    resp = stub.Rank(ranker_pb2.RankRequest(user_id="u1", context_text="space adventure", top_k=5), timeout=10)
+def test_rank_returns_top_k_with_propensities(
+    stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str]
+) -> None:
+    resp = stub.Rank(
+        ranker_pb2.RankRequest(user_id="u1", context_text="space adventure", top_k=5), timeout=10
+    )
     assert len(resp.items) == 5
     assert resp.event_id and resp.model_version and resp.scorer == "mf" and resp.policy == "softmax"
     ids = [i.item_id for i in resp.items]
@@ -69,11 +75,21 @@ def test_rank_returns_top_k_with_propensities(stub: ranker_pb2_grpc.RankerStub, 
 
 @pytest.mark.parametrize("policy", BUILTIN_POLICIES)
 @pytest.mark.parametrize("scorer", ["mf", "neural"])
-def test_every_builtin_policy_and_scorer(stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str],
-                                         policy: str, scorer: str) -> None:
+def test_every_builtin_policy_and_scorer(
+    stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str], policy: str, scorer: str
+) -> None:
     cands = [ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:20]]
-    resp = stub.Rank(ranker_pb2.RankRequest(user_id="u", context_text="hello", candidates=cands, top_k=7,
-                                            policy=policy, scorer=scorer), timeout=10)
+    resp = stub.Rank(
+        ranker_pb2.RankRequest(
+            user_id="u",
+            context_text="hello",
+            candidates=cands,
+            top_k=7,
+            policy=policy,
+            scorer=scorer,
+        ),
+        timeout=10,
+    )
     assert resp.policy == policy and resp.scorer == scorer
     assert len(resp.items) == 7
     assert {i.item_id for i in resp.items} <= {c.item_id for c in cands}
@@ -85,7 +101,9 @@ def test_every_builtin_policy_and_scorer(stub: ranker_pb2_grpc.RankerStub, catal
 
 
 def test_same_event_id_is_idempotent(stub: ranker_pb2_grpc.RankerStub) -> None:
-    req = ranker_pb2.RankRequest(event_id="evt-idem-1", user_id="u", context_text="cooking", top_k=4)
+    req = ranker_pb2.RankRequest(
+        event_id="evt-idem-1", user_id="u", context_text="cooking", top_k=4
+    )
     first = stub.Rank(req, timeout=10)
     second = stub.Rank(req, timeout=10)
     assert first.event_id == "evt-idem-1"
@@ -96,31 +114,55 @@ def test_same_event_id_is_idempotent(stub: ranker_pb2_grpc.RankerStub) -> None:
 def test_reward_accepted_then_duplicate(stub: ranker_pb2_grpc.RankerStub) -> None:
     resp = stub.Rank(ranker_pb2.RankRequest(user_id="u2", context_text="jazz", top_k=3), timeout=10)
     item = resp.items[1].item_id
-    first = stub.Reward(ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=item, value=1.0), timeout=10)
+    first = stub.Reward(
+        ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=item, value=1.0), timeout=10
+    )
     assert first.accepted and not first.duplicate
-    again = stub.Reward(ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=item, value=1.0), timeout=10)
+    again = stub.Reward(
+        ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=item, value=1.0), timeout=10
+    )
     assert again.duplicate and not again.accepted
 
 
 def test_reward_errors(stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str]) -> None:
-    resp = stub.Rank(ranker_pb2.RankRequest(user_id="u3", candidates=[ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:5]], top_k=2), timeout=10)
+    resp = stub.Rank(
+        ranker_pb2.RankRequest(
+            user_id="u3",
+            candidates=[ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:5]],
+            top_k=2,
+        ),
+        timeout=10,
+    )
     with pytest.raises(grpc.RpcError) as exc:
-        stub.Reward(ranker_pb2.RewardRequest(event_id="no-such-event", item_id="x", value=1.0), timeout=10)
+        stub.Reward(
+            ranker_pb2.RewardRequest(event_id="no-such-event", item_id="x", value=1.0), timeout=10
+        )
     assert _code(exc) == grpc.StatusCode.NOT_FOUND
     not_returned = next(i for i in catalog_ids[:5] if i not in {x.item_id for x in resp.items})
     with pytest.raises(grpc.RpcError) as exc:
-        stub.Reward(ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=not_returned, value=1.0), timeout=10)
+        stub.Reward(
+            ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=not_returned, value=1.0),
+            timeout=10,
+        )
     assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
     assert "item_id" in exc.value.details()  # type: ignore[attr-defined]
     for bad in (1.5, float("nan"), float("inf"), -2.0):
         with pytest.raises(grpc.RpcError) as exc:
-            stub.Reward(ranker_pb2.RewardRequest(event_id=resp.event_id, item_id=resp.items[0].item_id, value=bad), timeout=10)
+            stub.Reward(
+                ranker_pb2.RewardRequest(
+                    event_id=resp.event_id, item_id=resp.items[0].item_id, value=bad
+                ),
+                timeout=10,
+            )
         assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
         assert "value" in exc.value.details()  # type: ignore[attr-defined]
 
 
 def test_unknown_plugins_are_not_found(stub: ranker_pb2_grpc.RankerStub) -> None:
-    for req in (ranker_pb2.RankRequest(policy="no-such-policy"), ranker_pb2.RankRequest(scorer="nope")):
+    for req in (
+        ranker_pb2.RankRequest(policy="no-such-policy"),
+        ranker_pb2.RankRequest(scorer="nope"),
+    ):
         with pytest.raises(grpc.RpcError) as exc:
             stub.Rank(req, timeout=10)
         assert _code(exc) == grpc.StatusCode.NOT_FOUND
@@ -136,7 +178,9 @@ def test_unknown_plugins_are_not_found(stub: ranker_pb2_grpc.RankerStub) -> None
         ({"context_text": "x" * 100_000}, "context_text"),
     ],
 )
-def test_invalid_input_is_invalid_argument(stub: ranker_pb2_grpc.RankerStub, request_kwargs: dict, field: str) -> None:
+def test_invalid_input_is_invalid_argument(
+    stub: ranker_pb2_grpc.RankerStub, request_kwargs: dict, field: str
+) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         stub.Rank(ranker_pb2.RankRequest(**request_kwargs), timeout=10)
     assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
@@ -149,23 +193,41 @@ def test_unknown_history_item_is_not_found(stub: ranker_pb2_grpc.RankerStub) -> 
     assert _code(exc) == grpc.StatusCode.NOT_FOUND
 
 
-def test_text_candidates_are_encoded_and_scored(stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str]) -> None:
-    cands = [ranker_pb2.Candidate(item_id=f"new-{i}", text=f"brand new item number {i} about rivers") for i in range(6)]
+def test_text_candidates_are_encoded_and_scored(
+    stub: ranker_pb2_grpc.RankerStub, catalog_ids: list[str]
+) -> None:
+    cands = [
+        ranker_pb2.Candidate(item_id=f"new-{i}", text=f"brand new item number {i} about rivers")
+        for i in range(6)
+    ]
     cands.append(ranker_pb2.Candidate(item_id=catalog_ids[0]))
-    resp = stub.Rank(ranker_pb2.RankRequest(context_text="rivers", candidates=cands, top_k=7, policy="greedy"), timeout=10)
+    resp = stub.Rank(
+        ranker_pb2.RankRequest(context_text="rivers", candidates=cands, top_k=7, policy="greedy"),
+        timeout=10,
+    )
     assert {i.item_id for i in resp.items} == {c.item_id for c in cands}
     # a second call hits the item cache and returns identical scores
-    again = stub.Rank(ranker_pb2.RankRequest(context_text="rivers", candidates=cands, top_k=7, policy="greedy"), timeout=10)
+    again = stub.Rank(
+        ranker_pb2.RankRequest(context_text="rivers", candidates=cands, top_k=7, policy="greedy"),
+        timeout=10,
+    )
     assert [(i.item_id, i.score) for i in resp.items] == [(i.item_id, i.score) for i in again.items]
 
 
-def test_concurrent_requests_get_their_own_results(srv: ThreadServer, catalog_ids: list[str]) -> None:
+def test_concurrent_requests_get_their_own_results(
+    srv: ThreadServer, catalog_ids: list[str]
+) -> None:
     stub = ranker_pb2_grpc.RankerStub(srv.channel())
     cands = [ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:30]]
-    contexts = [f"user {i} likes " + " ".join(["topic"] * (i % 13)) + f" number {i}" for i in range(48)]
+    contexts = [
+        f"user {i} likes " + " ".join(["topic"] * (i % 13)) + f" number {i}" for i in range(48)
+    ]
 
     def call(ctx: str) -> dict[str, float]:
-        r = stub.Rank(ranker_pb2.RankRequest(context_text=ctx, candidates=cands, top_k=30, policy="greedy"), timeout=30)
+        r = stub.Rank(
+            ranker_pb2.RankRequest(context_text=ctx, candidates=cands, top_k=30, policy="greedy"),
+            timeout=30,
+        )
         return {i.item_id: i.score for i in r.items}
 
     serial = {c: call(c) for c in contexts}
@@ -192,7 +254,11 @@ def test_get_info_reports_backend(stub: ranker_pb2_grpc.RankerStub) -> None:
 
 def test_metrics_endpoint(srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub) -> None:
     stub.Rank(ranker_pb2.RankRequest(context_text="metrics please"), timeout=10)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()  # type: ignore[attr-defined]
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )  # type: ignore[attr-defined]
     assert 'explorank_requests_total{code="OK",rpc="Rank"}' in body
     assert "explorank_batch_size_count" in body
     assert 'explorank_stage_seconds_count{stage="encode"}' in body

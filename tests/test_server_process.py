@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_sigterm_graceful_shutdown(tiny_bundle: Path, tmp_path: Path) -> None:
-    server = ProcessServer(["--bundle", str(tiny_bundle), "--state-db", str(tmp_path / "s.db"), "--grace", "5"], tmp_path)
+    server = ProcessServer(
+        ["--bundle", str(tiny_bundle), "--state-db", str(tmp_path / "s.db"), "--grace", "5"],
+        tmp_path,
+    )
     try:
         server.wait_ready()
         with RankerClient(server.address) as client:
@@ -47,8 +50,15 @@ def test_rewards_survive_sigkill_exactly_once(tiny_bundle: Path, tmp_path: Path)
     try:
         server.wait_ready()
         with RankerClient(server.address, timeout=10) as client:
-            events = [client.rank(user_id=f"u{i}", context_text=f"ctx {i}", candidates=ids, top_k=5) for i in range(60)]
-        jobs = [(e.event_id, it.item_id, 1.0 if (n + k) % 3 else -0.5) for n, e in enumerate(events) for k, it in enumerate(e.items)]
+            events = [
+                client.rank(user_id=f"u{i}", context_text=f"ctx {i}", candidates=ids, top_k=5)
+                for i in range(60)
+            ]
+        jobs = [
+            (e.event_id, it.item_id, 1.0 if (n + k) % 3 else -0.5)
+            for n, e in enumerate(events)
+            for k, it in enumerate(e.items)
+        ]
 
         def send(job: tuple[str, str, float]) -> None:
             with lock:
@@ -94,8 +104,9 @@ def test_rewards_survive_sigkill_exactly_once(tiny_bundle: Path, tmp_path: Path)
         assert server2.stop() == 0, server2.output()
 
     # Policy state == replay of every stored reward (ucb1 keeps [count, reward_sum] per item).
-    from explorank.plugins.builtin.sqlite_store import SqliteStore
     import asyncio
+
+    from explorank.plugins.builtin.sqlite_store import SqliteStore
 
     async def load() -> dict[str, list[float]]:
         store = SqliteStore(path=str(db))
@@ -108,7 +119,7 @@ def test_rewards_survive_sigkill_exactly_once(tiny_bundle: Path, tmp_path: Path)
 
     items = asyncio.run(load())
     expected: dict[str, list[float]] = {}
-    for (event_id, item_id) in stored:
+    for event_id, item_id in stored:
         v = values[(event_id, item_id)]
         cur = expected.setdefault(item_id, [0.0, 0.0])
         cur[0] += 1
