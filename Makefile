@@ -26,7 +26,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy explorank engine plugins
+	$(BIN)/mypy explorank engine plugins export benchmarks
 
 pytest:
 	$(BIN)/pytest

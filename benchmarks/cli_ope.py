@@ -148,9 +148,10 @@ class _Embeddings:
         logged = {str(r["item_id"]): i for i, r in enumerate(ev["_ranked"])}
         ranked_emb = ev.get("ranked_embeddings") or []
         for j, item in enumerate(ids):
-            row = self.bundle.index.get(item) if self.bundle is not None else None
-            if row is not None:
-                out[j] = self.bundle.item_embeddings[row]
+            bundle = self.bundle
+            row = bundle.index.get(item) if bundle is not None else None
+            if bundle is not None and row is not None:
+                out[j] = bundle.item_embeddings[row]
             elif item in logged and logged[item] < len(ranked_emb):
                 out[j] = np.asarray(ranked_emb[logged[item]], dtype=np.float32)
             else:

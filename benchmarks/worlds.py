@@ -122,7 +122,7 @@ def synthetic_world(
     scale = spread / np.sqrt(rank)
     user_f *= np.sqrt(scale)
     item_f *= np.sqrt(scale)
-    bias = rng.normal(0.0, 0.5, size=n)
+    bias = np.asarray(rng.normal(0.0, 0.5, size=n))
     offset = _calibrate(_sample_logits(user_f, item_f, bias, rng), base_ctr)
     cold = _cold_mask(n, rng)
     world = World(
@@ -147,8 +147,8 @@ def synthetic_world(
     np.add.at(world.popularity, shown[clicks], 1.0)
     world.history = [shown[u][clicks[u]].tolist() for u in range(n_users)]
     # a uniformly random logging policy's log, for replay: one random item per event
-    users = rng.integers(0, n_users, size=4 * n_users)
-    items = rng.integers(0, n, size=users.shape[0])
+    users = np.asarray(rng.integers(0, n_users, size=4 * n_users))
+    items = np.asarray(rng.integers(0, n, size=users.shape[0]))
     rewards = rng.random(users.shape[0]) < world.click_probs(users, items[:, None])[:, 0]
     world.log = list(
         zip(users.tolist(), items.tolist(), rewards.astype(float).tolist(), strict=True)
