@@ -29,12 +29,6 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
 
 from __future__ import annotations
 
-#: Batches are padded to their longest sequence rounded up to this (capped at the bucket).
-_PAD_MULTIPLE = 8
-#: Idle dispatch: when the worker is idle and requests have been arriving more than this
-#: many queue delays apart, a request is sent at once instead of waiting for company.
-_IDLE_GAP_FACTOR = 4.0
-
 import asyncio
 import bisect
 import concurrent.futures
@@ -56,6 +50,12 @@ from explorank.errors import (
 )
 
 __all__ = ["BatcherMetrics", "BatcherStats", "DynamicBatcher", "EncodeFn"]
+
+#: Batches are padded to their longest sequence rounded up to this (capped at the bucket).
+_PAD_MULTIPLE = 8
+#: Idle dispatch: when the worker is idle and requests have been arriving more than this
+#: many queue delays apart, a request is sent at once instead of waiting for company.
+_IDLE_GAP_FACTOR = 4.0
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,9 @@ class DynamicBatcher:
         now = time.monotonic()
         if self._last_arrival is not None:
             gap = now - self._last_arrival
-            self._arrival_gap = gap if self._arrival_gap is None else 0.7 * self._arrival_gap + 0.3 * gap
+            self._arrival_gap = (
+                gap if self._arrival_gap is None else 0.7 * self._arrival_gap + 0.3 * gap
+            )
         self._last_arrival = now
         if deadline is not None and deadline <= now:
             self.stats.dropped_deadline += n
@@ -433,7 +435,9 @@ class DynamicBatcher:
         only add latency (a single client, light traffic). Under load the gap shrinks
         below the queue delay and batches form as before."""
         gap = self._arrival_gap
-        return self.max_batch_size == 1 or (gap is not None and gap > _IDLE_GAP_FACTOR * self.max_queue_delay_s)
+        return self.max_batch_size == 1 or (
+            gap is not None and gap > _IDLE_GAP_FACTOR * self.max_queue_delay_s
+        )
 
     def _take(self, key: int, now: float) -> list[_Request]:
         queue = self._queues[key]

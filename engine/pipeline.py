@@ -30,6 +30,7 @@ from explorank.engine.requests import (
     validate_rank,
     validate_reward,
 )
+from explorank.engine.text import user_context_text
 from explorank.errors import (
     ConfigError,
     FailedPreconditionError,
@@ -321,13 +322,14 @@ class Engine:
         return name, policy
 
     def _context_text(self, req: RankInput) -> str:
-        parts = [req.context_text.strip()] if req.context_text.strip() else []
+        """The user text, built exactly as fine-tuning built it (engine/text.py)."""
+        texts: list[str] = []
         for i, hid in enumerate(req.history_item_ids):
             row = self.bundle.index.get(hid)
             if row is None:
                 raise NotFoundError(f"history_item_ids[{i}]: item {hid!r} is not in the catalog")
-            parts.append(self.bundle.items[row].text)
-        return ". ".join(parts)
+            texts.append(self.bundle.items[row].text)
+        return user_context_text(texts, req.context_text)
 
     async def encode_texts(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         """Encode texts through the dynamic batcher (no caching)."""
