@@ -142,7 +142,9 @@ def build_world(args: argparse.Namespace, bundle: Any) -> tuple[World, np.ndarra
         return world, emb
     if spec.startswith("movielens:"):
         world = movielens_world(spec.split(":", 1)[1], seed=args.seed)
-        ml_emb: np.ndarray | None = _cached_bert(bundle, world.item_ids, world.item_texts) if bundle is not None else None
+        ml_emb: np.ndarray | None = (
+            _cached_bert(bundle, world.item_ids, world.item_texts) if bundle is not None else None
+        )
         return world, ml_emb
     raise InvalidArgumentError("--dataset", f"expected synthetic or movielens:DIR, got {spec!r}")
 
