@@ -75,7 +75,8 @@ def encoder_markdown(report: dict[str, Any], command: str = "") -> str:
         f"- matmul ceiling: **{_fmt(report.get('ceiling_gflops'), 1)} GFLOP/s** (best float32 {ceil.get('n')}² "
         f"matmul, {ceil.get('threads')} threads{'' if ceil.get('threads_enforced') else ' (not enforced)'}: "
         f"numpy with {blas.get('library')} {blas.get('version') or ''} ({blas.get('architecture') or 'kernels ?'}) "
-        f"{_fmt(ceil.get('numpy_gflops'), 1)}, torch {_fmt(ceil.get('torch_gflops'), 1)})",
+        f"{_fmt(ceil.get('numpy_gflops'), 1)}, torch {_fmt(ceil.get('torch_gflops'), 1)}, "
+        f"onnxruntime MLAS {_fmt(ceil.get('ort_gflops'), 1)})",
         "",
         f"## Headline (batch {h.get('shape', {}).get('batch_size')} × seq {h.get('shape', {}).get('seq_len')})",
         "",

@@ -39,6 +39,9 @@ class CeilingResult:
     repeats: int
     best_s: float
     blas: list[dict[str, Any]] = field(default_factory=list)
+    #: ONNX Runtime's own GEMM (MLAS) on a one-node MatMul graph: the kernels the ORT
+    #: backends actually run, so the ceiling is never below what they can reach.
+    ort_gflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +131,51 @@ def measure_torch_matmul(
     return 2.0 * n**3 / max(best, 1e-9) / 1e9
 
 
+def measure_ort_matmul(
+    threads: int, *, n: int = 2048, repeats: int = 5, timer: Callable[[], float] = time.perf_counter
+) -> float | None:
+    """The same measurement through ONNX Runtime (a single MatMul node, MLAS kernels), or
+    None when ``onnx`` is not installed to build the graph."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    import onnxruntime as ort
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "ceiling",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(
+        onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
+    rng = np.random.default_rng(1)
+    feeds = {
+        "a": rng.standard_normal((n, n), dtype=np.float32),
+        "b": rng.standard_normal((n, n), dtype=np.float32),
+    }
+    sess.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = timer()
+        sess.run(None, feeds)
+        best = min(best, timer() - t0)
+    return 2.0 * n**3 / max(best, 1e-9) / 1e9
+
+
 def measure_matmul_ceiling(
     threads: int,
     *,
@@ -136,11 +184,12 @@ def measure_matmul_ceiling(
     timer: Callable[[], float] = time.perf_counter,
     seed: int = 0,
     with_torch: bool = False,
+    with_ort: bool = False,
 ) -> CeilingResult:
     """Best-of-``repeats`` float32 ``n x n`` matmul rate in GFLOP/s with ``threads`` BLAS threads.
 
-    ``gflops`` is numpy's rate, or torch's when ``with_torch`` and torch (already imported)
-    is faster; both are recorded.
+    ``gflops`` is the fastest of numpy's rate, torch's (``with_torch``, torch already
+    imported) and ONNX Runtime's MLAS (``with_ort``); each is recorded.
     """
     if threads < 1:
         raise InvalidArgumentError("threads", f"must be >= 1, got {threads}")
@@ -167,8 +216,10 @@ def measure_matmul_ceiling(
     torch_gflops = (
         measure_torch_matmul(threads, n=n, repeats=repeats, timer=timer) if with_torch else None
     )
+    ort_gflops = measure_ort_matmul(threads, n=n, repeats=repeats, timer=timer) if with_ort else None
     return CeilingResult(
-        gflops=max(numpy_gflops, torch_gflops or 0.0),
+        gflops=max(numpy_gflops, torch_gflops or 0.0, ort_gflops or 0.0),
+        ort_gflops=ort_gflops,
         numpy_gflops=numpy_gflops,
         torch_gflops=torch_gflops,
         n=n,

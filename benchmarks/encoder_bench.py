@@ -8,10 +8,11 @@ Method (docs/benchmarks.md explains the choices):
   Every row is exactly ``seq`` real tokens with a full attention mask, so the FLOP count
   is the work done and no backend profits from skipping padding. ``inputs="random"``
   draws uniform token ids instead. Tokenization is never timed.
-* **Interleaving**: for one shape, every repetition calls each backend once, and the
-  starting backend rotates each repetition; thermal or neighbour drift therefore hits
-  all backends alike. A short untimed gap between calls lets the previous backend's
-  spinning thread pool park before the next one starts.
+* **Interleaving**: for one shape, every round runs each backend for a block of calls
+  (``settle`` untimed, then ``block`` timed), and the starting backend rotates each
+  round; thermal or neighbour drift therefore hits all backends alike. The untimed
+  calls let the previous backend's spinning thread pools park before timing starts
+  (interleaving single calls let them steal the cores: up to 2x on small shapes).
 * **Repetitions**: ``warmup`` untimed rounds, then ``repeats`` timed rounds, capped so a
   shape takes about ``shape_budget_s`` (large shapes on small machines would otherwise
   run for many minutes), never fewer than ``min_repeats``. Each row records its count.
@@ -70,6 +71,9 @@ class EncoderBenchConfig:
     shape_budget_s: float = 30.0
     inputs: str = "catalog"
     gap_ms: float = 2.0
+    #: timed calls per backend per round, after ``settle`` untimed ones (see time_shape)
+    block: int = 5
+    settle: int = 2
     ceiling_n: int = 2048
     ceiling_repeats: int = 5
     seed: int = 0
@@ -186,14 +190,23 @@ def time_shape(
     min_repeats: int = 1,
     budget_s: float | None = None,
     gap_s: float = 0.0,
+    block: int = 1,
+    settle: int = 0,
     timer: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Time every backend on one input, interleaved; returns (seconds per call by backend, outputs).
 
-    Warm-up rounds are timed too (untimed for the result) to size the repetitions against
-    ``budget_s``. ``outputs`` holds each backend's first result (for a parity check).
+    Interleaving is by blocks: each round runs every backend (the first one rotating) for
+    ``settle`` untimed calls then ``block`` timed calls. The untimed calls absorb the
+    previous backend's spinning thread pool (ONNX Runtime and OpenMP threads spin for a
+    while after each run and would otherwise steal the cores from the next backend —
+    measured here: up to 2x on small shapes). Warm-up rounds are timed too (untimed for
+    the result) to size the repetitions against ``budget_s``. ``outputs`` holds each
+    backend's first result (for a parity check).
     """
+    block = max(1, int(block))
+    settle = max(0, int(settle))
     k = len(backends)
     estimates: dict[str, float] = {name: 0.0 for name, _ in backends}
     outputs: dict[str, Any] = {}
@@ -205,19 +218,25 @@ def time_shape(
             outputs.setdefault(name, out)
     n = repeats
     if budget_s is not None and warmup > 0:
-        per_round = sum(estimates.values()) + k * gap_s
-        if per_round > 0:
-            n = max(min(min_repeats, repeats), min(repeats, int(budget_s / per_round)))
+        per_call = sum(estimates.values()) + k * gap_s
+        per_timed = per_call * (block + settle) / block
+        if per_timed > 0:
+            n = max(min(min_repeats, repeats), min(repeats, int(budget_s / per_timed)))
     samples: dict[str, list[float]] = {name: [] for name, _ in backends}
-    for r in range(n):
+    rounds = -(-n // block)
+    for r in range(rounds):
+        timed = min(block, n - r * block)
         for j in range(k):
             name, fn = backends[(r + j) % k]
-            if gap_s > 0:
-                sleep(gap_s)
-            t0 = timer()
-            out = fn(ids, mask)
-            samples[name].append(timer() - t0)
-            outputs.setdefault(name, out)
+            for _ in range(settle):
+                fn(ids, mask)
+            for _ in range(timed):
+                if gap_s > 0:
+                    sleep(gap_s)
+                t0 = timer()
+                out = fn(ids, mask)
+                samples[name].append(timer() - t0)
+                outputs.setdefault(name, out)
     return samples, outputs
 
 
@@ -317,8 +336,11 @@ def run_encoder_bench(
         n=config.ceiling_n,
         repeats=config.ceiling_repeats,
         with_torch=any(b.name == "pytorch" for b in backends),
+        with_ort=True,
     )
     torch_note = f", torch {ceiling.torch_gflops:.1f}" if ceiling.torch_gflops else ""
+    if ceiling.ort_gflops:
+        torch_note += f", onnxruntime {ceiling.ort_gflops:.1f}"
     progress(
         f"ceiling: {ceiling.gflops:.1f} GFLOP/s (numpy/{ceiling.blas[0].get('library') if ceiling.blas else '?'} "
         f"{ceiling.numpy_gflops:.1f}{torch_note})"
@@ -350,6 +372,8 @@ def run_encoder_bench(
                 min_repeats=config.min_repeats,
                 budget_s=config.shape_budget_s,
                 gap_s=config.gap_ms / 1000.0,
+                block=config.block,
+                settle=config.settle,
                 timer=timer,
             )
             if parity is None and "pytorch" in outputs and "ort-fp32" in outputs:

@@ -140,6 +140,29 @@ def test_time_shape_interleaves_and_rotates_backends() -> None:
     assert outputs == {"a": "a", "b": "b", "c": "c"}
 
 
+def test_time_shape_blocks_settle_untimed_then_time_a_block() -> None:
+    calls: list[str] = []
+    clock = [0.0]
+
+    def timer() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    samples, _ = time_shape(
+        _fake_backends(calls, ("a", "b")),
+        np.ones((1, 4)),
+        np.ones((1, 4)),
+        repeats=5,
+        warmup=0,
+        block=3,
+        settle=2,
+        timer=timer,
+    )
+    # round 1: a x (2 settle + 3 timed), b x 5; round 2 (2 timed left): b first, then a
+    assert calls == ["a"] * 5 + ["b"] * 5 + ["b"] * 4 + ["a"] * 4
+    assert {k: len(v) for k, v in samples.items()} == {"a": 5, "b": 5}
+
+
 def test_time_shape_budget_caps_repeats_but_keeps_the_minimum() -> None:
     calls: list[str] = []
     clock = [0.0]
@@ -222,6 +245,8 @@ def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
         ceiling_n=128,
         ceiling_repeats=1,
         gap_ms=0.0,
+        block=1,
+        settle=0,
     )
     report = run_encoder_bench(cfg, progress=lambda m: None, backend_opener=opener)
     data = _check_encoder_report(tmp_path, report)
