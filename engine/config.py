@@ -67,7 +67,9 @@ class BatchingConfig(_Section):
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
     #: Pending encoder requests beyond this are refused with RESOURCE_EXHAUSTED.
     max_queue_size: int = Field(1024, ge=1)
-    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    #: Requests are batched only with others of the same bucket, and a batch is padded to
+    #: its longest sequence (rounded up to 8), so finer buckets waste less padding.
+    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 80, 96, 112, 128])
 
     @field_validator("length_buckets")
     @classmethod

@@ -475,3 +475,13 @@ def test_closed_backend_refuses_work(bundle: Bundle) -> None:
     backend.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         backend.encode(np.ones((1, 3), np.int64), np.ones((1, 3), np.int64))
+
+
+def test_auto_precision_prefers_gated_int8_on_cpu(tiny_bundle: Path) -> None:
+    from explorank.engine.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    assert "int8" in bundle.precisions
+    auto = create_backend(bundle, precision="auto", provider="cpu")
+    assert auto.precision == "int8"
+    assert create_backend(bundle, precision="fp32", provider="cpu").precision == "fp32"

@@ -215,29 +215,35 @@ def test_text_candidates_are_encoded_and_scored(
 
 
 def test_concurrent_requests_get_their_own_results(
-    srv: ThreadServer, catalog_ids: list[str]
+    tiny_bundle: Path, tmp_path: Path, catalog_ids: list[str]
 ) -> None:
-    stub = ranker_pb2_grpc.RankerStub(srv.channel())
-    cands = [ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:30]]
-    contexts = [
-        f"user {i} likes " + " ".join(["topic"] * (i % 13)) + f" number {i}" for i in range(48)
-    ]
+    # fp32: INT8 dynamic quantization scales activations per batch, so under INT8 an
+    # embedding moves slightly (~1e-3) with its batch companions; fp32 makes any mix-up visible.
+    config = make_config(tiny_bundle, tmp_path / "s.db", backend={"precision": "fp32"})
+    with ThreadServer(config) as srv:
+        stub = ranker_pb2_grpc.RankerStub(srv.channel())
+        cands = [ranker_pb2.Candidate(item_id=i) for i in catalog_ids[:30]]
+        contexts = [
+            f"user {i} likes " + " ".join(["topic"] * (i % 13)) + f" number {i}" for i in range(48)
+        ]
 
-    def call(ctx: str) -> dict[str, float]:
-        r = stub.Rank(
-            ranker_pb2.RankRequest(context_text=ctx, candidates=cands, top_k=30, policy="greedy"),
-            timeout=30,
-        )
-        return {i.item_id: i.score for i in r.items}
+        def call(ctx: str) -> dict[str, float]:
+            r = stub.Rank(
+                ranker_pb2.RankRequest(
+                    context_text=ctx, candidates=cands, top_k=30, policy="greedy"
+                ),
+                timeout=30,
+            )
+            return {i.item_id: i.score for i in r.items}
 
-    serial = {c: call(c) for c in contexts}
-    srv.engine.user_cache.clear()
-    with concurrent.futures.ThreadPoolExecutor(24) as pool:
-        concurrent_results = dict(zip(contexts, pool.map(call, contexts), strict=True))
+        serial = {c: call(c) for c in contexts}
+        srv.engine.user_cache.clear()
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            concurrent_results = dict(zip(contexts, pool.map(call, contexts), strict=True))
+        summary = srv.engine.metrics.batching_summary()
     for ctx in contexts:
         for item_id, score in serial[ctx].items():
             assert concurrent_results[ctx][item_id] == pytest.approx(score, abs=1e-4), ctx
-    summary = srv.engine.metrics.batching_summary()
     assert summary["avg_batch_size"] > 1.0
 
 
@@ -245,7 +251,7 @@ def test_get_info_reports_backend(stub: ranker_pb2_grpc.RankerStub) -> None:
     info = stub.GetInfo(ranker_pb2.GetInfoRequest(), timeout=10)
     assert info.backend == "onnxruntime"
     assert info.execution_provider == "CPUExecutionProvider"
-    assert info.precision == "fp32"
+    assert info.precision == "int8"  # auto on CPU: the gated INT8 encoder
     assert set(BUILTIN_POLICIES) <= set(info.policies)
     assert {"mf", "neural"} <= set(info.scorers)
     assert info.batching.max_batch_size == 16
