@@ -216,7 +216,9 @@ def measure_matmul_ceiling(
     torch_gflops = (
         measure_torch_matmul(threads, n=n, repeats=repeats, timer=timer) if with_torch else None
     )
-    ort_gflops = measure_ort_matmul(threads, n=n, repeats=repeats, timer=timer) if with_ort else None
+    ort_gflops = (
+        measure_ort_matmul(threads, n=n, repeats=repeats, timer=timer) if with_ort else None
+    )
     return CeilingResult(
         gflops=max(numpy_gflops, torch_gflops or 0.0, ort_gflops or 0.0),
         ort_gflops=ort_gflops,

@@ -23,7 +23,9 @@ from explorank.engine.cpu import available_cpus
 from explorank.engine.default_bundle import ensure_default_bundle
 
 
-def profile(model: Path, feeds: dict[str, np.ndarray], runs: int, threads: int) -> tuple[dict[str, float], float]:
+def profile(
+    model: Path, feeds: dict[str, np.ndarray], runs: int, threads: int
+) -> tuple[dict[str, float], float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -37,9 +39,11 @@ def profile(model: Path, feeds: dict[str, np.ndarray], runs: int, threads: int) 
     trace = json.loads(Path(sess.end_profiling()).read_text())
     per_op: dict[str, float] = defaultdict(float)
     total_run = 0.0
-    kernel_events = [e for e in trace if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    kernel_events = [
+        e for e in trace if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+    ]
     run_events = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    for e in kernel_events[-len(kernel_events) * runs // (runs + 3):]:
+    for e in kernel_events[-len(kernel_events) * runs // (runs + 3) :]:
         per_op[e["args"].get("op_name", "?")] += e["dur"] / 1000.0 / runs
     for e in run_events[-runs:]:
         total_run += e["dur"] / 1000.0 / runs
@@ -63,8 +67,10 @@ def main() -> None:
             continue
         per_op, run_ms = profile(bundle.encoder_path(precision), feeds, args.runs, threads)
         total = sum(per_op.values())
-        print(f"\n{precision}: batch {args.batch} x seq {args.seq}, {threads} threads: "
-              f"{run_ms:.1f} ms per run ({total:.1f} ms in kernels)")
+        print(
+            f"\n{precision}: batch {args.batch} x seq {args.seq}, {threads} threads: "
+            f"{run_ms:.1f} ms per run ({total:.1f} ms in kernels)"
+        )
         for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):
             print(f"  {op:<32} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
 
