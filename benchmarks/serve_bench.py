@@ -131,13 +131,14 @@ def load_profile(factory: RequestFactory, tokenizer: Any, n: int = 300) -> dict[
 def encoder_batch1_ms(
     bundle: Any, tokenizer: Any, seq: int, threads: int | None, reps: int = 40
 ) -> float:
-    """p50 of the engine's encoder at batch 1 x ``seq`` (real catalog tokens), in this process."""
+    """p50 of the engine's encoder at batch 1 x ``seq`` (real catalog tokens), in this process,
+    with the precision the server picks by default (``auto``: the gated INT8 on CPU)."""
     from explorank.engine.backends import create_backend
 
     stream, cls_id, sep_id = catalog_token_stream(tokenizer, [it.text for it in bundle.items])
     ids, mask = make_inputs(stream, cls_id, sep_id, 1, seq, np.random.default_rng(0))
     with create_backend(
-        bundle, backend="auto", precision="fp32", provider="auto", intra_op_threads=threads
+        bundle, backend="auto", precision="auto", provider="auto", intra_op_threads=threads
     ) as be:
         for _ in range(5):
             be.encode(ids, mask)
