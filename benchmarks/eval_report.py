@@ -164,25 +164,32 @@ def write_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[str]:
     fig.savefig(out_dir / "regret.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in runs:
-        ax.scatter(
-            r["coverage"],
-            r["ctr"],
-            color=colors[r["policy"]],
-            marker="o" if r["representation"] == "bert" else "^",
-            s=40,
-        )
-        ax.annotate(
-            _label(r),
-            (r["coverage"], r["ctr"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("catalog coverage")
-    ax.set_ylabel("CTR")
-    ax.set_title("Reward vs coverage (o: bert, ^: id)")
+    # Coverage saturates (every item shown at least once) in long runs; the spread of
+    # exposure then tells the policies apart, so the x axis switches to 1 - Gini.
+    saturated = len({round(r["coverage"], 4) for r in runs}) <= 2
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5)) if saturated else plt.subplots(figsize=(7, 5))
+    axes_list = list(axes) if saturated else [axes]
+    panels = [("coverage", "catalog coverage (share of items shown)")]
+    if saturated:
+        panels.append(("evenness", "exposure evenness (1 - Gini of impressions)"))
+    for ax, (key, label) in zip(axes_list, panels, strict=True):
+        for r in runs:
+            x = r["coverage"] if key == "coverage" else 1.0 - r["gini_exposure"]
+            ax.scatter(
+                x,
+                r["ctr"],
+                color=colors[r["policy"]],
+                marker="o" if r["representation"] == "bert" else "^",
+                s=40,
+            )
+            ax.annotate(
+                _label(r), (x, r["ctr"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("CTR")
+    axes_list[0].set_title("Reward vs coverage (o: bert, ^: id)")
+    if saturated:
+        axes_list[1].set_title("Reward vs exposure evenness (coverage saturated)")
     fig.tight_layout()
     fig.savefig(out_dir / "reward_coverage.png", dpi=110)
     plt.close(fig)
