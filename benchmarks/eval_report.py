@@ -167,8 +167,9 @@ def write_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[str]:
     # Coverage saturates (every item shown at least once) in long runs; the spread of
     # exposure then tells the policies apart, so the x axis switches to 1 - Gini.
     saturated = len({round(r["coverage"], 4) for r in runs}) <= 2
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5)) if saturated else plt.subplots(figsize=(7, 5))
-    axes_list = list(axes) if saturated else [axes]
+    ncols = 2 if saturated else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols + 1, 5), squeeze=False)
+    axes_list = list(axes[0])
     panels = [("coverage", "catalog coverage (share of items shown)")]
     if saturated:
         panels.append(("evenness", "exposure evenness (1 - Gini of impressions)"))

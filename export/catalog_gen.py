@@ -1,4 +1,4 @@
-"""Generate the default catalog that ships with explorank (``export/data/default_catalog.jsonl``).
+"""Generate the default catalog that ships with explorank (``export/catalogs/default_catalog.jsonl``).
 
 A fresh install must have something *real* to serve without any licensed data set, so the
 catalog is synthesised from hand-written word lists: films, books, podcasts, games, recipes and
@@ -8,7 +8,7 @@ Items that share a genre share vocabulary, so a sentence encoder places them clo
 texts from about 8 to 80 tokens, like real catalogs (bare titles next to long blurbs).
 
 Everything is drawn from one seeded ``random.Random`` in a fixed order, so
-``python -m explorank.export.catalog_gen --out export/data/default_catalog.jsonl`` regenerates
+``python -m explorank.export.catalog_gen --out export/catalogs/default_catalog.jsonl`` regenerates
 the committed file byte for byte (a test checks it).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from explorank.export.data import Item, write_catalog_jsonl
 
-DEFAULT_CATALOG_PATH = Path(__file__).parent / "data" / "default_catalog.jsonl"
+DEFAULT_CATALOG_PATH = Path(__file__).parent / "catalogs" / "default_catalog.jsonl"
 DEFAULT_SEED = 20240607
 DEFAULT_PER_DOMAIN = 500
 

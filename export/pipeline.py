@@ -53,7 +53,7 @@ def default_model_dir() -> Path:
 def default_catalog_path() -> Path:
     import explorank.export
 
-    return Path(explorank.export.__file__).parent / "data" / "default_catalog.jsonl"
+    return Path(explorank.export.__file__).parent / "catalogs" / "default_catalog.jsonl"
 
 
 def encode_sorted(
