@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch waits to fill")
     p.add_argument("--max-queue-size", type=int, help="pending requests before RESOURCE_EXHAUSTED")
     p.add_argument("--scorer", help="default scorer (default mf)")
-    p.add_argument("--policy", help="default policy (default softmax)")
+    p.add_argument("--policy", help="default policy (default epsilon_greedy)")
     p.add_argument("--store", help="state store plugin (default sqlite)")
     p.add_argument("--state-db", type=Path, help="sqlite state database path")
     p.add_argument("--redis-url", help="Redis URL for --store redis")

@@ -96,7 +96,7 @@ class LimitsConfig(_Section):
 
 class RankingConfig(_Section):
     default_scorer: str = "mf"
-    default_policy: str = "softmax"
+    default_policy: str = "epsilon_greedy"
     #: Per-scorer constructor parameters, e.g. {"neural": {"chunk_size": 4096}}.
     scorers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: Per-policy constructor parameters, e.g. {"epsilon_greedy": {"epsilon": 0.05}}.

@@ -66,7 +66,12 @@ def test_rank_returns_top_k_with_propensities(
         ranker_pb2.RankRequest(user_id="u1", context_text="space adventure", top_k=5), timeout=10
     )
     assert len(resp.items) == 5
-    assert resp.event_id and resp.model_version and resp.scorer == "mf" and resp.policy == "softmax"
+    assert (
+        resp.event_id
+        and resp.model_version
+        and resp.scorer == "mf"
+        and resp.policy == "epsilon_greedy"
+    )
     ids = [i.item_id for i in resp.items]
     assert len(set(ids)) == 5 and set(ids) <= set(catalog_ids)
     for item in resp.items:
