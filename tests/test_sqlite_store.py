@@ -393,3 +393,26 @@ def test_both_stores_register_through_the_plugin_manager() -> None:
     classes = pm.store_classes()
     assert classes["sqlite"] is SqliteStore and not SqliteStore.shared
     assert classes["redis"].shared is True
+
+
+def test_event_commits_are_lighter_than_reward_commits(tmp_path: Path) -> None:
+    """Event-only commits use events_synchronous (NORMAL: survives kill -9, not a power cut);
+    any commit holding a reward uses synchronous (FULL)."""
+
+    async def main() -> list[str]:
+        store = await opened(tmp_path / "s.db")
+        seen = []
+        try:
+            await store.log_event(make_event("e1"))
+            seen.append(store._current_sync)
+            assert await reward(store, "e1", "item-0")
+            seen.append(store._current_sync)
+            await store.log_event(make_event("e2"))
+            seen.append(store._current_sync)
+        finally:
+            await store.close()
+        return seen
+
+    assert run(main()) == ["NORMAL", "FULL", "NORMAL"]
+    with pytest.raises(ConfigError, match="events_synchronous"):
+        SqliteStore(path=str(tmp_path / "x.db"), events_synchronous="SOMETIMES")

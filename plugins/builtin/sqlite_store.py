@@ -99,6 +99,7 @@ class SqliteStore(StateStore):
     OPTIONS = (
         "path",
         "synchronous",
+        "events_synchronous",
         "busy_timeout_ms",
         "retention_max_age_s",
         "retention_max_events",
@@ -118,6 +119,16 @@ class SqliteStore(StateStore):
         self.synchronous = str(options.get("synchronous", "FULL")).upper()
         if self.synchronous not in SYNC_MODES:
             raise ConfigError(f"state.options.synchronous: must be one of {', '.join(SYNC_MODES)}")
+        # Rank events are on every request's path; a commit holding only events uses this
+        # level. NORMAL in WAL mode survives a process crash (kill -9) but not a power cut;
+        # any commit that holds a reward uses ``synchronous`` (FULL), which also makes every
+        # earlier event durable.
+        self.events_synchronous = str(options.get("events_synchronous", "NORMAL")).upper()
+        if self.events_synchronous not in SYNC_MODES:
+            raise ConfigError(
+                f"state.options.events_synchronous: must be one of {', '.join(SYNC_MODES)}"
+            )
+        self._current_sync = self.synchronous
         self.busy_timeout_ms = _positive_int(options, "busy_timeout_ms", 5000)
         self.max_batch = _positive_int(options, "max_batch", 256)
         self.retention_max_age_s: float | None = options.get("retention_max_age_s")
@@ -255,6 +266,12 @@ class SqliteStore(StateStore):
         overlay: dict[StatKey, np.ndarray] = {}
         touched: set[str] = set()
         results: list[tuple[_Op, Any, BaseException | None]] = []
+        wanted = (
+            self.synchronous if any(op.kind == "reward" for op in ops) else self.events_synchronous
+        )
+        if wanted != self._current_sync:
+            conn.execute(f"PRAGMA synchronous = {wanted}")
+            self._current_sync = wanted
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
