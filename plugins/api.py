@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from explorank.errors import UnavailableError
+from explorank.errors import ConfigError, UnavailableError
 from explorank.plugins.errors import PluginError
 
 # ----------------------------------------------------------------------------- scorers
@@ -271,8 +271,17 @@ class StateStore(ABC):
     #: True when several engine replicas share this store; the engine then refreshes
     #: policy statistics from it every ``state.sync_interval_ms``.
     shared: ClassVar[bool] = False
+    #: The option names this store accepts from ``state.options``; any other name is
+    #: refused at start-up with a ConfigError (an empty tuple accepts anything).
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.OPTIONS)) if self.OPTIONS else []
+        if unknown:
+            raise ConfigError(
+                f"state.options: unknown {self.name} option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(self.OPTIONS)}"
+            )
         self.options = options
 
     async def open(self) -> None:  # noqa: B027 - optional hook

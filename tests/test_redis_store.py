@@ -19,13 +19,14 @@ from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError, StatsDelta
 from explorank.plugins.builtin._records import iter_export_jsonl, parse_export_row
 from explorank.plugins.builtin.redis_store import RedisStore
+from tests.store_records import DIM
+from tests.store_records import make_event as _make_event
 
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.timeout(60),
     pytest.mark.skipif(not have_redis(), reason=SKIP_REASON),
 ]
-DIM = 4
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +52,7 @@ def run(coro: Any) -> Any:
 
 
 def make_event(event_id: str, created_at: float | None = None, k: int = 3) -> EventRecord:
-    rng = np.random.default_rng(abs(hash(event_id)) % 2**32)
-    ids = [f"item-{i}" for i in range(k + 2)]
-    return EventRecord(
-        event_id=event_id,
-        created_at=time.time() if created_at is None else created_at,
-        user_id="u1",
-        scorer="mf",
-        policy="linucb",
-        model_version="v1",
-        candidate_ids=ids,
-        candidate_scores=rng.standard_normal(len(ids)).astype(np.float32),
-        ranked_ids=ids[:k],
-        ranked_scores=[0.5, 0.25, 0.125][:k],
-        propensities=[0.9, 0.8, 0.7][:k],
-        explored=[False, True, False][:k],
-        user_embedding=rng.standard_normal(DIM).astype(np.float32),
-        ranked_embeddings=rng.standard_normal((k, DIM)).astype(np.float32),
-        context_text="ctx",
-        top_k=k,
-    )
+    return _make_event(event_id, created_at, k, policy="linucb")
 
 
 def deltas_for(event: EventRecord, reward: RewardRecord) -> dict[str, StatsDelta]:

@@ -24,9 +24,9 @@ from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableErr
 from explorank.plugins.builtin import _records
 from explorank.plugins.builtin.sqlite_store import SqliteStore
 from explorank.plugins.errors import PluginError
+from tests.store_records import make_event
 
 pytestmark = pytest.mark.timeout(120)
-DIM = 4
 
 # Deterministic deltas of (event_id, item_id, value), shared with the crash child process.
 DELTAS_SRC = """
@@ -47,29 +47,6 @@ deltas = _ns["deltas"]
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def make_event(event_id: str, created_at: float | None = None, k: int = 3) -> EventRecord:
-    rng = np.random.default_rng(sum(map(ord, event_id)))
-    ids = [f"item-{i}" for i in range(k + 2)]
-    return EventRecord(
-        event_id=event_id,
-        created_at=time.time() if created_at is None else created_at,
-        user_id="u1",
-        scorer="mf",
-        policy="ucb1",
-        model_version="v1",
-        candidate_ids=ids,
-        candidate_scores=rng.standard_normal(len(ids)).astype(np.float32),
-        ranked_ids=ids[:k],
-        ranked_scores=[0.5, 0.25, 0.125][:k],
-        propensities=[0.9, 0.8, 0.7][:k],
-        explored=[False, True, False][:k],
-        user_embedding=rng.standard_normal(DIM).astype(np.float32),
-        ranked_embeddings=rng.standard_normal((k, DIM)).astype(np.float32),
-        context_text="ctx",
-        top_k=k,
-    )
 
 
 def expected_stats(

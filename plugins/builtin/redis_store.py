@@ -147,11 +147,6 @@ class RedisStore(StateStore):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"state.options: unknown redis option(s) {', '.join(unknown)}; known: {', '.join(self.OPTIONS)}"
-            )
         self.url = str(options.get("url", "redis://127.0.0.1:6379/0"))
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(

@@ -109,12 +109,6 @@ class SqliteStore(StateStore):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"state.options: unknown sqlite option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(self.OPTIONS)}"
-            )
         self.path = Path(options.get("path", "explorank-state.db"))
         self.synchronous = str(options.get("synchronous", "FULL")).upper()
         if self.synchronous not in SYNC_MODES:
