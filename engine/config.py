@@ -111,6 +111,11 @@ class StateConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
     #: Rewards later than this after the Rank are refused (FAILED_PRECONDITION).
     reward_window_s: float = Field(86_400.0, gt=0)
+    #: Applied to every returned item that got no reward when its event's window closes
+    #: (e.g. 0.0 or -0.1 for "shown, not clicked"); None = off. Needs a store that supports it (sqlite).
+    default_reward: float | None = Field(None, ge=-1.0, le=1.0)
+    #: How often closed windows are looked for when default_reward is set.
+    window_check_interval_s: float = Field(60.0, gt=0)
     #: How often policy statistics are refreshed from a shared store (Redis).
     sync_interval_ms: float = Field(500.0, gt=0)
     retention_max_age_s: float | None = Field(None, gt=0)

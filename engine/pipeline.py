@@ -223,6 +223,13 @@ class Engine:
         if self.store.shared:
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="explorank-stats-sync"))
         sc = self.config.state
+        if sc.default_reward is not None:
+            if not self.store.supports_window_close:
+                raise ConfigError(
+                    f"state.default_reward is set, but the {self.store.name!r} store cannot list "
+                    "events whose reward window closed; unset it or use the sqlite store"
+                )
+            self._tasks.append(asyncio.create_task(self._window_loop(), name="explorank-windows"))
         if sc.retention_max_age_s or sc.retention_max_events:
             self._tasks.append(
                 asyncio.create_task(self._retention_loop(), name="explorank-retention")
@@ -275,6 +282,44 @@ class Engine:
                     break
                 fresh.version = self.stats[name].version + 1
                 self.stats[name] = fresh
+
+    async def close_windows(self, now: float | None = None, batch: int = 500) -> int:
+        """Apply ``state.default_reward`` to every returned item without a reward in events
+        whose reward window has closed, then mark those events closed. Idempotent: a
+        reward already recorded for (event, item) is a duplicate and is not applied again.
+        Returns the number of default rewards applied."""
+        sc = self.config.state
+        if sc.default_reward is None:
+            return 0
+        value = float(sc.default_reward)
+        cutoff = (time.time() if now is None else now) - sc.reward_window_s
+        applied = 0
+        while True:
+            events = await self.store.events_to_close(cutoff, batch)
+            if not events:
+                return applied
+            for event in events:
+                for item_id in event.ranked_ids:
+                    deltas = self.deltas_for(event, item_id, value)
+                    record = RewardRecord(event.event_id, item_id, value, time.time())
+                    if await self.store.record_reward(record, deltas):
+                        for name, delta in deltas.items():
+                            self.stats[name].apply(delta)
+                        applied += 1
+            await self.store.mark_events_closed([e.event_id for e in events])
+            if len(events) < batch:
+                return applied
+
+    async def _window_loop(self) -> None:
+        while True:
+            try:
+                applied = await self.close_windows()
+                if applied:
+                    log.info("applied the default reward to %d unrewarded items", applied)
+                    self.metrics.rewards.labels("default").inc(applied)
+            except Exception as exc:  # keep serving; retried next round
+                log.warning("closing reward windows failed: %s", exc)
+            await asyncio.sleep(self.config.state.window_check_interval_s)
 
     async def _retention_loop(self) -> None:
         sc = self.config.state

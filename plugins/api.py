@@ -323,6 +323,17 @@ class StateStore(ABC):
     async def healthy(self) -> bool:
         return True
 
+    #: True when the store implements ``events_to_close`` / ``mark_events_closed`` (needed
+    #: for ``state.default_reward``: a reward applied when an event's window closes).
+    supports_window_close: ClassVar[bool] = False
+
+    async def events_to_close(self, before: float, limit: int) -> list[EventRecord]:
+        """Events created before ``before`` (unix seconds) not yet marked closed, oldest first."""
+        return []
+
+    async def mark_events_closed(self, event_ids: Sequence[str]) -> None:  # noqa: B027
+        """Remember that these events' reward windows were closed (idempotent)."""
+
 
 class StateUnavailableError(PluginError, UnavailableError):
     """The state store cannot be reached or cannot make a write durable."""

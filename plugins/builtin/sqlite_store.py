@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS stats (
     shape  TEXT NOT NULL,
     PRIMARY KEY (policy, kind, key)
 );
+CREATE TABLE IF NOT EXISTS closed_events (
+    event_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS policy_versions (
     policy  TEXT PRIMARY KEY,
     version INTEGER NOT NULL
@@ -95,6 +98,7 @@ class SqliteStore(StateStore):
     name = "sqlite"
     description = "embedded SQLite file (WAL, synchronous=FULL, group commit); one replica"
     shared = False
+    supports_window_close = True
 
     OPTIONS = (
         "path",
@@ -341,6 +345,13 @@ class SqliteStore(StateStore):
             return None
         if op.kind == "retention":
             return self._retention(conn, *op.args)
+        if op.kind == "close":
+            (event_ids,) = op.args
+            conn.executemany(
+                "INSERT OR IGNORE INTO closed_events (event_id) VALUES (?)",
+                [(e,) for e in event_ids],
+            )
+            return None
         reward, deltas = op.args
         cur = conn.execute(
             "INSERT OR IGNORE INTO rewards (event_id, item_id, value, created_at) VALUES (?,?,?,?)",
@@ -392,6 +403,9 @@ class SqliteStore(StateStore):
             dropped += conn.execute(
                 f"DELETE FROM events WHERE event_id IN ({beyond})", (int(max_events),)
             ).rowcount
+        conn.execute(
+            "DELETE FROM closed_events WHERE event_id NOT IN (SELECT event_id FROM events)"
+        )
         return dropped
 
     # -------------------------------------------------------------------- reads
@@ -419,6 +433,22 @@ class SqliteStore(StateStore):
                 raise _map_error(exc, self.path) from exc
 
         return await asyncio.wrap_future(self._reader.submit(call))
+
+    async def events_to_close(self, before: float, limit: int) -> list[EventRecord]:
+        def fn(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                "SELECT payload FROM events WHERE created_at < ? AND event_id NOT IN "
+                "(SELECT event_id FROM closed_events) ORDER BY created_at, event_id LIMIT ?",
+                (float(before), int(limit)),
+            ).fetchall()
+            return [_records.decode_event(r[0]) for r in rows]
+
+        result: list[EventRecord] = await self._read(fn)
+        return result
+
+    async def mark_events_closed(self, event_ids: Sequence[str]) -> None:
+        if event_ids:
+            await self._submit("close", list(event_ids))
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         def fn(conn: sqlite3.Connection) -> EventRecord | None:
