@@ -50,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scorer", help="rescore candidates with this scorer (default: the logged scores)"
     )
-    p.add_argument("--bundle", type=Path, help="bundle whose catalog gives candidate embeddings")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle whose catalog gives candidate embeddings (default: the default bundle, if built)",
+    )
     p.add_argument(
         "--min-ess", type=float, default=100.0, help="warn below this effective sample size"
     )
@@ -171,7 +175,15 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
     if args.samples < 1:
         raise InvalidArgumentError("--samples", "must be at least 1")
     policy = make_policy(args.policy, params)
-    emb = _Embeddings(args.bundle)
+    bundle_dir = args.bundle
+    if bundle_dir is None:
+        from explorank.engine.default_bundle import default_bundle_dir
+
+        candidate = default_bundle_dir()
+        if (candidate / "manifest.json").is_file():
+            bundle_dir = candidate
+            print(f"using the default bundle {candidate} for candidate embeddings", file=sys.stderr)
+    emb = _Embeddings(bundle_dir)
     dim = len(events[0].get("user_embedding") or []) or (
         emb.bundle.embedding_dim if emb.bundle else 1
     )
