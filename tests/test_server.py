@@ -273,3 +273,40 @@ def test_metrics_endpoint(srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub) -
     assert 'explorank_requests_total{code="OK",rpc="Rank"}' in body
     assert "explorank_batch_size_count" in body
     assert 'explorank_stage_seconds_count{stage="encode"}' in body
+
+
+def test_overload_is_resource_exhausted_never_internal(tiny_bundle: Path, tmp_path: Path) -> None:
+    config = make_config(
+        tiny_bundle,
+        tmp_path / "s.db",
+        batching={"max_batch_size": 1, "max_queue_size": 1, "max_queue_delay_ms": 0.0},
+    )
+    with ThreadServer(config) as srv:
+        stub = ranker_pb2_grpc.RankerStub(srv.channel())
+
+        def call(i: int) -> grpc.StatusCode:
+            try:
+                stub.Rank(
+                    ranker_pb2.RankRequest(context_text=f"flood {i} " * (1 + i % 7)), timeout=30
+                )
+            except grpc.RpcError as err:
+                return err.code()  # type: ignore[no-any-return,attr-defined]
+            return grpc.StatusCode.OK
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(call, range(96)))
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert grpc.StatusCode.OK in codes
+        # and the server still serves normally afterwards
+        assert (
+            len(stub.Rank(ranker_pb2.RankRequest(context_text="after", top_k=2), timeout=10).items)
+            == 2
+        )
+
+
+def test_expired_deadline_is_deadline_exceeded(stub: ranker_pb2_grpc.RankerStub) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Rank(ranker_pb2.RankRequest(context_text="too late " * 30), timeout=0.0005)
+    assert _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(stub.Rank(ranker_pb2.RankRequest(context_text="in time"), timeout=10).items) > 0
