@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,20 +19,17 @@ from explorank import __version__
 from explorank.engine.bundle import Bundle, load_bundle
 from explorank.engine.cache import LRUCache
 from explorank.engine.config import Config
+from explorank.engine.embeddings import EmbeddingMixin
+from explorank.engine.feedback import FeedbackMixin
 from explorank.engine.metrics import EngineMetrics
 from explorank.engine.requests import (
     RankedItemOutput,
     RankInput,
     RankOutput,
-    RewardOutput,
     validate_rank,
-    validate_reward,
 )
-from explorank.engine.text import user_context_text
 from explorank.errors import (
     ConfigError,
-    FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
@@ -43,13 +38,9 @@ from explorank.plugins.api import (
     Policy,
     PolicyStats,
     RankContext,
-    RewardContext,
-    RewardRecord,
     Scorer,
     ScorerContext,
     StateStore,
-    StateUnavailableError,
-    StatsDelta,
 )
 from explorank.plugins.manager import PluginManager
 
@@ -64,17 +55,7 @@ def _event_seed(base: int, event_id: str) -> np.random.Generator:
     return np.random.default_rng([base & 0xFFFFFFFF, int.from_bytes(digest, "little")])
 
 
-def _text_key(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-@dataclass
-class _Candidates:
-    ids: list[str]
-    embeddings: np.ndarray  # (n, d) float32
-
-
-class Engine:
+class Engine(EmbeddingMixin, FeedbackMixin):
     """Loads a bundle, runs the encoder through the dynamic batcher, and serves Rank/Reward."""
 
     def __init__(
@@ -267,73 +248,6 @@ class Engine:
         if close:
             close()
 
-    # ------------------------------------------------------------------ background
-    async def _sync_loop(self) -> None:
-        interval = self.config.state.sync_interval_ms / 1000.0
-        while True:
-            await asyncio.sleep(interval)
-            for name, policy in self.policies.items():
-                if not policy.stateful:
-                    continue
-                try:
-                    fresh = await self.store.load_stats(name)
-                except StateUnavailableError as exc:
-                    log.warning("stats sync failed, keeping last known state: %s", exc)
-                    break
-                fresh.version = self.stats[name].version + 1
-                self.stats[name] = fresh
-
-    async def close_windows(self, now: float | None = None, batch: int = 500) -> int:
-        """Apply ``state.default_reward`` to every returned item without a reward in events
-        whose reward window has closed, then mark those events closed. Idempotent: a
-        reward already recorded for (event, item) is a duplicate and is not applied again.
-        Returns the number of default rewards applied."""
-        sc = self.config.state
-        if sc.default_reward is None:
-            return 0
-        value = float(sc.default_reward)
-        cutoff = (time.time() if now is None else now) - sc.reward_window_s
-        applied = 0
-        while True:
-            events = await self.store.events_to_close(cutoff, batch)
-            if not events:
-                return applied
-            for event in events:
-                for item_id in event.ranked_ids:
-                    deltas = self.deltas_for(event, item_id, value)
-                    record = RewardRecord(event.event_id, item_id, value, time.time())
-                    if await self.store.record_reward(record, deltas):
-                        for name, delta in deltas.items():
-                            self.stats[name].apply(delta)
-                        applied += 1
-            await self.store.mark_events_closed([e.event_id for e in events])
-            if len(events) < batch:
-                return applied
-
-    async def _window_loop(self) -> None:
-        while True:
-            try:
-                applied = await self.close_windows()
-                if applied:
-                    log.info("applied the default reward to %d unrewarded items", applied)
-                    self.metrics.rewards.labels("default").inc(applied)
-            except Exception as exc:  # keep serving; retried next round
-                log.warning("closing reward windows failed: %s", exc)
-            await asyncio.sleep(self.config.state.window_check_interval_s)
-
-    async def _retention_loop(self) -> None:
-        sc = self.config.state
-        while True:
-            try:
-                dropped = await self.store.apply_retention(
-                    sc.retention_max_age_s, sc.retention_max_events
-                )
-                if dropped:
-                    log.info("retention dropped %d events", dropped)
-            except Exception as exc:  # keep serving
-                log.warning("retention failed: %s", exc)
-            await asyncio.sleep(sc.retention_interval_s)
-
     # ------------------------------------------------------------------ helpers
     def _enter(self) -> None:
         if not self.accepting:
@@ -365,86 +279,6 @@ class Engine:
                 f"unknown policy {name!r}; available: {', '.join(sorted(self.policies))}"
             )
         return name, policy
-
-    def _context_text(self, req: RankInput) -> str:
-        """The user text, built exactly as fine-tuning built it (engine/text.py)."""
-        texts: list[str] = []
-        for i, hid in enumerate(req.history_item_ids):
-            row = self.bundle.index.get(hid)
-            if row is None:
-                raise NotFoundError(f"history_item_ids[{i}]: item {hid!r} is not in the catalog")
-            texts.append(self.bundle.items[row].text)
-        return user_context_text(texts, req.context_text)
-
-    async def encode_texts(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
-        """Encode texts through the dynamic batcher (no caching)."""
-        t0 = time.perf_counter()
-        ids = self.tokenizer.encode_batch(list(texts))
-        self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
-        return await self.batcher.submit_many(ids, deadline=deadline)
-
-    async def _user_embedding(self, text: str, deadline: float | None) -> np.ndarray:
-        if not text.strip():
-            # A user with no context and no history: the catalog centroid, so that the
-            # ranking starts from what is typical of the catalog (and exploration does the rest).
-            return self._centroid
-        key = _text_key(text)
-        hit = self.user_cache.get(key)
-        if hit is not None:
-            self.metrics.cache.labels("user", "hit").inc()
-            return hit
-        self.metrics.cache.labels("user", "miss").inc()
-        t0 = time.perf_counter()
-        ids = self.tokenizer.encode_batch([text])[0]
-        self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
-        emb = await self.batcher.submit(ids, deadline=deadline)
-        self.user_cache.put(key, emb)
-        return emb
-
-    async def _candidates(self, req: RankInput, deadline: float | None) -> _Candidates:
-        b = self.bundle
-        if not req.candidates:
-            return _Candidates([it.id for it in b.items], b.item_embeddings)
-        ids: list[str] = []
-        rows = np.empty(len(req.candidates), dtype=np.int64)
-        new_pos: list[int] = []
-        new_texts: list[str] = []
-        index = b.index
-        for i, cand in enumerate(req.candidates):
-            ids.append(cand.item_id)
-            row = index.get(cand.item_id)
-            if row is not None:
-                rows[i] = row
-                continue
-            if not cand.text:
-                raise InvalidArgumentError(
-                    f"candidates[{i}].text",
-                    f"required: item {cand.item_id!r} is not in the catalog, so its text must be given",
-                )
-            rows[i] = -1
-            new_pos.append(i)
-            new_texts.append(cand.text)
-        emb = np.empty((len(ids), b.embedding_dim), dtype=np.float32)
-        known = rows >= 0
-        emb[known] = b.item_embeddings[rows[known]]
-        if new_pos:
-            missing_pos: list[int] = []
-            missing_texts: list[str] = []
-            for pos, text in zip(new_pos, new_texts, strict=True):
-                hit = self.item_cache.get(_text_key(text))
-                if hit is not None:
-                    emb[pos] = hit
-                else:
-                    missing_pos.append(pos)
-                    missing_texts.append(text)
-            self.metrics.cache.labels("item", "hit").inc(len(new_pos) - len(missing_pos))
-            if missing_pos:
-                self.metrics.cache.labels("item", "miss").inc(len(missing_pos))
-                vecs = await self.encode_texts(missing_texts, deadline)
-                for pos, text, vec in zip(missing_pos, missing_texts, vecs, strict=True):
-                    emb[pos] = vec
-                    self.item_cache.put(_text_key(text), vec)
-        return _Candidates(ids, emb)
 
     @staticmethod
     def _output_from_event(event: EventRecord) -> RankOutput:
@@ -541,65 +375,6 @@ class Engine:
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
             self._leave()
-
-    # ------------------------------------------------------------------ Reward
-    async def reward(self, event_id: str, item_id: str, value: float) -> RewardOutput:
-        self._enter()
-        try:
-            validate_reward(event_id, item_id, value, self.config.limits)
-            event = self.event_cache.get(event_id)
-            if event is None:
-                event = await self.store.get_event(event_id)
-            if event is None:
-                raise NotFoundError(
-                    f"event_id: unknown event {event_id!r} (never logged, or dropped by retention)"
-                )
-            pos = event.position_of(item_id)
-            if pos < 0:
-                raise InvalidArgumentError(
-                    "item_id", f"item {item_id!r} was not returned by event {event_id!r}"
-                )
-            age = time.time() - event.created_at
-            window = self.config.state.reward_window_s
-            if age > window:
-                raise FailedPreconditionError(
-                    f"reward window closed: event {event_id!r} is {age:.0f} s old; rewards are accepted "
-                    f"for {window:.0f} s (state.reward_window_s)"
-                )
-            deltas = self.deltas_for(event, item_id, float(value))
-            record = RewardRecord(event_id, item_id, float(value), time.time())
-            accepted = await self.store.record_reward(record, deltas)
-            if accepted:
-                for name, delta in deltas.items():
-                    self.stats[name].apply(delta)
-            self.metrics.rewards.labels("accepted" if accepted else "duplicate").inc()
-            return RewardOutput(accepted=accepted, duplicate=not accepted)
-        finally:
-            self._leave()
-
-    def deltas_for(self, event: EventRecord, item_id: str, value: float) -> dict[str, StatsDelta]:
-        """What every stateful policy learns from one reward (policy name -> delta).
-
-        Every stateful policy learns from every reward, whichever policy served the event:
-        their statistics describe the users, items and representation, not the policy."""
-        pos = event.position_of(item_id)
-        rctx = RewardContext(
-            event_id=event.event_id,
-            item_id=item_id,
-            value=value,
-            score=float(event.ranked_scores[pos]),
-            position=pos,
-            propensity=float(event.propensities[pos]),
-            user_embedding=event.user_embedding,
-            item_embedding=event.ranked_embeddings[pos],
-        )
-        deltas: dict[str, StatsDelta] = {}
-        for name, policy in self.policies.items():
-            if policy.stateful:
-                delta = policy.update(rctx, self.stats[name])
-                if delta is not None and not delta.is_empty():
-                    deltas[name] = delta
-        return deltas
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
