@@ -1,6 +1,8 @@
-"""The Rank and Reward paths (transport-independent): the engine's core.
+"""The engine (transport-independent): construction, lifecycle and the Rank path.
 
-The gRPC servicer (:mod:`explorank.engine.server`) is a thin layer over :class:`Engine`;
+The Reward path and background feedback work live in :mod:`.feedback`, user and candidate
+embeddings in :mod:`.embeddings`. The gRPC servicer (:mod:`explorank.engine.server`) is a
+thin layer over :class:`Engine`;
 the evaluation tools and tests call it directly.
 """
 
