@@ -305,8 +305,24 @@ def test_overload_is_resource_exhausted_never_internal(tiny_bundle: Path, tmp_pa
         )
 
 
-def test_expired_deadline_is_deadline_exceeded(stub: ranker_pb2_grpc.RankerStub) -> None:
-    with pytest.raises(grpc.RpcError) as exc:
-        stub.Rank(ranker_pb2.RankRequest(context_text="too late " * 30), timeout=0.0005)
-    assert _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_expired_deadline_is_deadline_exceeded(
+    srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub
+) -> None:
+    """A request whose deadline has passed is refused before the encoder runs, and the
+    refusal maps to DEADLINE_EXCEEDED (deterministic: the deadline is already over)."""
+    import time as _time
+
+    from explorank.engine.grpc_errors import status_for
+    from explorank.engine.requests import RankInput
+    from explorank.errors import DeadlineExceededError
+
+    before = srv.engine.batcher.stats.requests
+    with pytest.raises(DeadlineExceededError) as exc:
+        srv.run(
+            srv.engine.rank(
+                RankInput(context_text="expired before it started"), deadline=_time.monotonic() - 1
+            )
+        )
+    assert status_for(exc.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert srv.engine.batcher.stats.requests == before  # nothing was computed
     assert len(stub.Rank(ranker_pb2.RankRequest(context_text="in time"), timeout=10).items) > 0
