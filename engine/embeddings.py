@@ -43,6 +43,7 @@ class EmbeddingMixin:
     user_cache: LRUCache
     item_cache: LRUCache
     _centroid: np.ndarray
+    _catalog_ids: list[str]
 
     def _context_text(self, req: RankInput) -> str:
         """The user text, built exactly as fine-tuning built it (engine/text.py)."""
@@ -82,7 +83,7 @@ class EmbeddingMixin:
     async def _candidates(self, req: RankInput, deadline: float | None) -> _Candidates:
         b = self.bundle
         if not req.candidates:
-            return _Candidates([it.id for it in b.items], b.item_embeddings)
+            return _Candidates(self._catalog_ids, b.item_embeddings)  # built once at load
         ids: list[str] = []
         rows = np.empty(len(req.candidates), dtype=np.int64)
         new_pos: list[int] = []

@@ -99,6 +99,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
         )
         norm = float(np.linalg.norm(centroid))
         self._centroid = (centroid / norm if norm > 0 else centroid).astype(np.float32)
+        self._catalog_ids = [it.id for it in bundle.items]
         self._store = store
         self.scorers: dict[str, Scorer] = {}
         self.policies: dict[str, Policy] = {}
