@@ -13,29 +13,17 @@ NotFoundError, ResourceExhaustedError, ...), mapped from the status code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 
 from explorank.engine.grpc_errors import exception_for
-from explorank.engine.requests import RankedItemOutput
+from explorank.engine.requests import RankedItemOutput, RankOutput, RewardOutput
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
-
-@dataclass(frozen=True)
-class RankResult:
-    event_id: str
-    items: list[RankedItemOutput]
-    model_version: str
-    scorer: str
-    policy: str
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    accepted: bool
-    duplicate: bool
+#: What Rank and Reward return: the engine's own transport-independent types.
+RankResult: TypeAlias = RankOutput
+RewardResult: TypeAlias = RewardOutput
 
 
 CandidateLike: TypeAlias = "str | tuple[str, str] | ranker_pb2.Candidate"

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from explorank.plugins.api import (
 from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
+T = TypeVar("T")
 
 #: Candidate counts above this are scored off the event loop.
 _OFFLOAD_SCORING_ABOVE = 2048
@@ -55,6 +56,14 @@ _OFFLOAD_SCORING_ABOVE = 2048
 def _event_seed(base: int, event_id: str) -> np.random.Generator:
     digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
     return np.random.default_rng([base & 0xFFFFFFFF, int.from_bytes(digest, "little")])
+
+
+def _lookup(kind: str, name: str, table: dict[str, T]) -> tuple[str, T]:
+    """A plugin instance by name, or NOT_FOUND listing what is available."""
+    found = table.get(name)
+    if found is None:
+        raise NotFoundError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+    return name, found
 
 
 class Engine(EmbeddingMixin, FeedbackMixin):
@@ -137,7 +146,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
             embedding_dim=self.bundle.embedding_dim,
             heads=self.bundle.heads(),
             bundle_dir=self.bundle.path,
-            providers=(getattr(self.backend, "provider", "CPUExecutionProvider"),),
+            providers=self._head_providers(),
             intra_op_threads=1,
         )
         for name in self.plugins.scorer_classes():
@@ -159,6 +168,23 @@ class Engine(EmbeddingMixin, FeedbackMixin):
         unknown = [n for n in list(rc.policies) if n not in self.policies]
         if unknown:
             raise ConfigError(f"ranking.policies configures unknown policies {unknown}")
+
+    def _head_providers(self) -> tuple[str, ...]:
+        """ONNX Runtime providers for scoring heads: the encoder's device, as ORT names.
+
+        A head is a small MLP: on a GPU the CUDA EP (never the TensorRT EP, whose engine
+        build would cost more than the head), else the CPU; the native TensorRT backend's
+        provider ("TensorRT") is not an ORT provider at all."""
+        import onnxruntime as ort
+
+        on_gpu = getattr(self.backend, "provider", "") in (
+            "TensorRT",
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+        )
+        if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            return ("CUDAExecutionProvider", "CPUExecutionProvider")
+        return ("CPUExecutionProvider",)
 
     async def start(self, *, warmup: bool = True) -> None:
         from threadpoolctl import threadpool_limits
@@ -266,22 +292,10 @@ class Engine(EmbeddingMixin, FeedbackMixin):
             self._idle.set()
 
     def _scorer(self, name: str) -> tuple[str, Scorer]:
-        name = name or self.config.ranking.default_scorer
-        scorer = self.scorers.get(name)
-        if scorer is None:
-            raise NotFoundError(
-                f"unknown scorer {name!r}; available: {', '.join(sorted(self.scorers))}"
-            )
-        return name, scorer
+        return _lookup("scorer", name or self.config.ranking.default_scorer, self.scorers)
 
     def _policy(self, name: str) -> tuple[str, Policy]:
-        name = name or self.config.ranking.default_policy
-        policy = self.policies.get(name)
-        if policy is None:
-            raise NotFoundError(
-                f"unknown policy {name!r}; available: {', '.join(sorted(self.policies))}"
-            )
-        return name, policy
+        return _lookup("policy", name or self.config.ranking.default_policy, self.policies)
 
     @staticmethod
     def _output_from_event(event: EventRecord) -> RankOutput:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,23 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory, minilm_catalog: Path
         out, catalog=minilm_catalog, precisions=("fp32", "int8"), tensorrt="off", progress=False
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A reachable Redis: EXPLORANK_TEST_REDIS_URL (``.ci/run`` starts one), else a private
+    ``redis-server`` started here; skips with a reason when neither exists."""
+    from redis_server import RedisServer, external_url
+
+    url = external_url()
+    if url:
+        yield url
+        return
+    try:
+        server = RedisServer().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.url
+    finally:
+        server.cleanup()

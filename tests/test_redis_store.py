@@ -7,13 +7,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from redis_server import SKIP_REASON, RedisServer, external_url, free_port, have_redis
+from redis_server import SKIP_REASON, RedisServer, free_port, have_redis
 
 from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError, StatsDelta
@@ -27,19 +26,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not have_redis(), reason=SKIP_REASON),
 ]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url = external_url()
-    if url:
-        yield url
-        return
-    server = RedisServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from explorank.engine.bundle import load_bundle
 from explorank.engine.client import RankerClient
-from tests.redis_server import RedisServer, external_url
 from tests.server_harness import ProcessServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -19,22 +17,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 SYNC_MS = (
     200  # state.sync_interval_ms for both replicas: the documented staleness bound for item stats
 )
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url = external_url()
-    if url:
-        yield url
-        return
-    try:
-        server = RedisServer().start()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 def test_reward_on_one_replica_changes_ranking_on_the_other(

@@ -326,3 +326,24 @@ def test_expired_deadline_is_deadline_exceeded(
     assert status_for(exc.value) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert srv.engine.batcher.stats.requests == before  # nothing was computed
     assert len(stub.Rank(ranker_pb2.RankRequest(context_text="in time"), timeout=10).items) > 0
+
+
+def test_scoring_heads_get_real_onnxruntime_providers(srv: ThreadServer) -> None:
+    """The native TensorRT backend reports provider "TensorRT", which ONNX Runtime does not
+    know: heads must get ORT provider names (CPU here, CUDA EP on a GPU)."""
+    import onnxruntime as ort
+
+    engine = srv.engine
+    assert engine._head_providers() == ("CPUExecutionProvider",)
+    real = engine.backend
+    try:
+
+        class FakeTensorRT:
+            provider = "TensorRT"
+
+        engine.backend = FakeTensorRT()
+        providers = engine._head_providers()
+    finally:
+        engine.backend = real
+    assert set(providers) <= set(ort.get_available_providers())
+    assert providers[-1] == "CPUExecutionProvider" and "TensorRT" not in providers

@@ -95,10 +95,9 @@ def check_deltas_finite(
 # ------------------------------------------------------------------ storage form
 
 
-def encode_event(event: EventRecord) -> bytes:
-    """Compact, lossless bytes for storage (see module docstring)."""
-    obj = {
-        "v": STORAGE_VERSION,
+def _header(event: EventRecord) -> dict[str, Any]:
+    """The scalar fields and candidate ids, identical in the storage and export encodings."""
+    return {
         "event_id": event.event_id,
         "created_at": float(event.created_at),
         "user_id": event.user_id,
@@ -108,6 +107,14 @@ def encode_event(event: EventRecord) -> bytes:
         "top_k": int(event.top_k),
         "context_text": event.context_text,
         "candidate_ids": list(event.candidate_ids),
+    }
+
+
+def encode_event(event: EventRecord) -> bytes:
+    """Compact, lossless bytes for storage (see module docstring)."""
+    obj = {
+        "v": STORAGE_VERSION,
+        **_header(event),
         "candidate_scores": _array_to_json(np.asarray(event.candidate_scores), "<f4"),
         "ranked_ids": list(event.ranked_ids),
         "ranked_scores": [float(x) for x in event.ranked_scores],
@@ -161,15 +168,7 @@ def export_row(event: EventRecord, rewards: Sequence[RewardRecord]) -> dict[str,
     """One exported line: the event with its rewards joined (format in docs/state.md)."""
     emb = np.asarray(event.ranked_embeddings, dtype=np.float32)
     return {
-        "event_id": event.event_id,
-        "created_at": float(event.created_at),
-        "user_id": event.user_id,
-        "scorer": event.scorer,
-        "policy": event.policy,
-        "model_version": event.model_version,
-        "top_k": int(event.top_k),
-        "context_text": event.context_text,
-        "candidate_ids": list(event.candidate_ids),
+        **_header(event),
         "candidate_scores": np.asarray(event.candidate_scores, dtype=np.float32).tolist(),
         "ranked": [
             {
