@@ -81,6 +81,7 @@ class RankerClient:
         scorer: str = "",
         policy: str = "",
         event_id: str = "",
+        include_text: bool = False,
         timeout: float | None = None,
     ) -> RankResult:
         req = ranker_pb2.RankRequest(
@@ -92,12 +93,14 @@ class RankerClient:
             top_k=top_k,
             scorer=scorer,
             policy=policy,
+            include_text=include_text,
         )
         resp = self._invoke(self._stub.Rank, req, timeout)
         return RankResult(
             event_id=resp.event_id,
             items=[
-                RankedItemOutput(i.item_id, i.score, i.propensity, i.explored) for i in resp.items
+                RankedItemOutput(i.item_id, i.score, i.propensity, i.explored, i.text)
+                for i in resp.items
             ],
             model_version=resp.model_version,
             scorer=resp.scorer,

@@ -297,19 +297,34 @@ class Engine(EmbeddingMixin, FeedbackMixin):
     def _policy(self, name: str) -> tuple[str, Policy]:
         return _lookup("policy", name or self.config.ranking.default_policy, self.policies)
 
-    @staticmethod
-    def _output_from_event(event: EventRecord) -> RankOutput:
+    def _output_from_event(self, event: EventRecord, req: RankInput) -> RankOutput:
+        texts = self._item_texts(event.ranked_ids, req) if req.include_text else None
         items = [
-            RankedItemOutput(i, float(s), float(p), bool(e))
-            for i, s, p, e in zip(
-                event.ranked_ids,
-                event.ranked_scores,
-                event.propensities,
-                event.explored,
-                strict=True,
+            RankedItemOutput(i, float(s), float(p), bool(e), texts[j] if texts else "")
+            for j, (i, s, p, e) in enumerate(
+                zip(
+                    event.ranked_ids,
+                    event.ranked_scores,
+                    event.propensities,
+                    event.explored,
+                    strict=True,
+                )
             )
         ]
         return RankOutput(event.event_id, items, event.model_version, event.scorer, event.policy)
+
+    def _item_texts(self, item_ids: list[str], req: RankInput) -> list[str]:
+        """The text of each item: the caller's candidate text, else the catalog text."""
+        given = {c.item_id: c.text for c in req.candidates if c.text}
+        index, items = self.bundle.index, self.bundle.items
+        out = []
+        for item_id in item_ids:
+            text = given.get(item_id)
+            if text is None:
+                row = index.get(item_id)
+                text = items[row].text if row is not None else ""
+            out.append(text)
+        return out
 
     # ------------------------------------------------------------------ Rank
     async def rank(self, req: RankInput, *, deadline: float | None = None) -> RankOutput:
@@ -326,7 +341,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
                     req.event_id
                 )
                 if prior is not None:
-                    return self._output_from_event(prior)
+                    return self._output_from_event(prior, req)
             text = self._context_text(req)
             user_task = asyncio.ensure_future(self._user_embedding(text, deadline))
             try:
@@ -388,7 +403,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
             await self.store.log_event(event)
             self.event_cache.put(event.event_id, event)
             self.metrics.stage.labels("log").observe(time.perf_counter() - t2)
-            return self._output_from_event(event)
+            return self._output_from_event(event, req)
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
             self._leave()

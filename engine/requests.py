@@ -31,6 +31,8 @@ class RankInput:
     scorer: str = ""
     policy: str = ""
     event_id: str = ""
+    #: Return each ranked item's text (catalog text, or the caller's candidate text).
+    include_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class RankedItemOutput:
     score: float
     propensity: float
     explored: bool
+    text: str = ""
 
 
 @dataclass

@@ -35,6 +35,7 @@ def rank_input_from_proto(req: ranker_pb2.RankRequest) -> RankInput:
         scorer=req.scorer,
         policy=req.policy,
         event_id=req.event_id,
+        include_text=req.include_text,
     )
 
 
@@ -43,7 +44,11 @@ def rank_output_to_proto(out: RankOutput) -> ranker_pb2.RankResponse:
         event_id=out.event_id,
         items=[
             ranker_pb2.RankedItem(
-                item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored
+                item_id=i.item_id,
+                score=i.score,
+                propensity=i.propensity,
+                explored=i.explored,
+                text=i.text,
             )
             for i in out.items
         ],

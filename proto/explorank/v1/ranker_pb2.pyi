@@ -15,7 +15,7 @@ class Candidate(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("event_id", "user_id", "context_text", "history_item_ids", "candidates", "top_k", "scorer", "policy")
+    __slots__ = ("event_id", "user_id", "context_text", "history_item_ids", "candidates", "top_k", "scorer", "policy", "include_text")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class RankRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     user_id: str
     context_text: str
@@ -32,19 +33,22 @@ class RankRequest(_message.Message):
     top_k: int
     scorer: str
     policy: str
-    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., context_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_k: _Optional[int] = ..., scorer: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
+    include_text: bool
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., context_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_k: _Optional[int] = ..., scorer: _Optional[str] = ..., policy: _Optional[str] = ..., include_text: _Optional[bool] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("item_id", "score", "propensity", "explored")
+    __slots__ = ("item_id", "score", "propensity", "explored", "text")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     propensity: float
     explored: bool
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ...) -> None: ...
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("event_id", "items", "model_version", "scorer", "policy")
@@ -95,7 +99,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., length_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version")
+    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +115,8 @@ class GetInfoResponse(_message.Message):
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
     STATE_STORE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
+    INT8_GATE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     embedding_dim: int
@@ -126,4 +132,26 @@ class GetInfoResponse(_message.Message):
     catalog_size: int
     state_store: str
     version: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    precision_reason: str
+    int8_gate: Int8Gate
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ..., precision_reason: _Optional[str] = ..., int8_gate: _Optional[_Union[Int8Gate, _Mapping]] = ...) -> None: ...
+
+class Int8Gate(_message.Message):
+    __slots__ = ("passed", "min_cosine", "top10_overlap", "min_cosine_required", "top10_overlap_required", "texts", "cpu_int8_kernels", "int8_config")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    TOP10_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TOP10_OVERLAP_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    CPU_INT8_KERNELS_FIELD_NUMBER: _ClassVar[int]
+    INT8_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    min_cosine: float
+    top10_overlap: float
+    min_cosine_required: float
+    top10_overlap_required: float
+    texts: int
+    cpu_int8_kernels: str
+    int8_config: str
+    def __init__(self, passed: _Optional[bool] = ..., min_cosine: _Optional[float] = ..., top10_overlap: _Optional[float] = ..., min_cosine_required: _Optional[float] = ..., top10_overlap_required: _Optional[float] = ..., texts: _Optional[int] = ..., cpu_int8_kernels: _Optional[str] = ..., int8_config: _Optional[str] = ...) -> None: ...
