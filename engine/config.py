@@ -55,8 +55,12 @@ class ModelConfig(_Section):
 class BackendConfig(_Section):
     backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
-    #: auto = fp16 TensorRT plan on a GPU when present, else fp32 on CPU.
+    #: auto = the fp16 TensorRT plan on a GPU when present; on CPU the INT8 encoder when the
+    #: bundle has one and it passes the load-time check on this CPU; else fp32.
     precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
+    #: Catalog texts the INT8 encoder is checked on at start-up, on this CPU, against the
+    #: bundle's fp32 embeddings (below the gate: auto serves fp32, int8 fails). 0 = no check.
+    int8_check_texts: int = Field(512, ge=0)
     #: None = the CPUs actually available to this process (affinity / cgroup quota).
     intra_op_threads: int | None = Field(None, ge=1)
 

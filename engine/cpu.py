@@ -1,5 +1,6 @@
-"""How many CPUs this process may actually use.
+"""How many CPUs this process may actually use, and which integer kernels they have.
 
+**Counts.**
 ``os.cpu_count()`` reports the host's CPUs; in a container limited by a CFS quota
 (``docker run --cpus 2`` on a 64-core host) sizing ONNX Runtime's thread pool from it
 starts 64 spinning threads that the kernel throttles every period, and tail latency
@@ -11,15 +12,51 @@ explodes. The usable count is the minimum of
 
 floored (a 1.5-CPU quota gives 1 thread: a second thread would be throttled each
 period, which costs latency) and at least 1.
+
+**INT8 kernels.** ONNX Runtime multiplies uint8 activations by int8 weights (u8s8). On x86
+CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX) the products are summed in 32 bits; on CPUs
+with only AVX2 (and AVX-512 without VNNI) the kernel pairs products into *saturating* 16-bit
+sums (``vpmaddubsw``), so the same quantized model computes different, sometimes much worse,
+embeddings there. :func:`int8_kernels` names the family of this CPU: ``"vnni"``, ``"avx2"``
+(x86 without VNNI: u8s8 may saturate) or ``"other"`` (ARM and the rest, whose int8 dot
+products do not saturate). Quantization with 7-bit weights (``reduce_range``) or uint8
+weights cannot saturate and computes the same on every x86 CPU.
+
+``EXPLORANK_CPU_FEATURES`` (comma-separated flags, e.g. ``avx2,fma``) replaces the flags
+read from ``/proc/cpuinfo``, so both branches can be exercised on any machine (tests, and
+exporting for a fleet of older CPUs on a newer one).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["available_cpus", "cgroup_cpu_limit"]
+__all__ = [
+    "available_cpus",
+    "cgroup_cpu_limit",
+    "cpu_description",
+    "cpu_features",
+    "int8_kernels",
+]
+
+FEATURES_ENV = "EXPLORANK_CPU_FEATURES"
+#: Flags (as /proc/cpuinfo spells them) whose int8 dot products accumulate in 32 bits.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: The flags worth recording next to an INT8 measurement.
+RELEVANT_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+)
 
 _V1_CONTROLLER_DIRS = ("cpu,cpuacct", "cpu", "cpuacct,cpu")
 
@@ -146,3 +183,53 @@ def available_cpus(root: str | os.PathLike[str] = "/", *, affinity: int | None =
     if not candidates:
         return 1
     return max(1, math.floor(min(candidates) + 1e-9))
+
+
+def _cpuinfo(root: Path) -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first processor in ``root/proc/cpuinfo``."""
+    text = _read(root / "proc" / "cpuinfo") or ""
+    model, flags = "", ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = value
+    return model, frozenset(flags.split())
+
+
+def cpu_features(
+    root: str | os.PathLike[str] = "/", environ: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The CPU's feature flags (lower case), or ``EXPLORANK_CPU_FEATURES`` when set."""
+    env = os.environ if environ is None else environ
+    forced = env.get(FEATURES_ENV)
+    if forced is not None:
+        return frozenset(f.strip().lower() for f in forced.split(",") if f.strip())
+    return _cpuinfo(Path(root))[1]
+
+
+def int8_kernels(features: frozenset[str] | None = None) -> str:
+    """``"vnni"``, ``"avx2"`` or ``"other"``: see the module docstring."""
+    flags = cpu_features() if features is None else features
+    if flags & VNNI_FLAGS:
+        return "vnni"
+    if "avx2" in flags or "avx512f" in flags:
+        return "avx2"
+    return "other"
+
+
+def cpu_description(
+    root: str | os.PathLike[str] = "/", environ: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """Model name, the INT8-relevant flags and the kernel family, for manifests and logs."""
+    env = os.environ if environ is None else environ
+    flags = cpu_features(root, env)
+    model = _cpuinfo(Path(root))[0]
+    return {
+        "model": model or "unknown",
+        "flags": [f for f in RELEVANT_FLAGS if f in flags],
+        "int8_kernels": int8_kernels(flags),
+        "forced": FEATURES_ENV in env,
+    }

@@ -8,6 +8,9 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
 - ``explorank_tokens_real_total`` / ``_computed_total``   padding efficiency = real / computed
 - ``explorank_cache_requests_total{cache, result}``       user / item cache hits and misses
 - ``explorank_queue_rejections_total`` / ``explorank_deadline_drops_total``
+- ``explorank_encoder_precision{precision}``              1 for the precision being served
+- ``explorank_int8_check{measure}``                       the load-time INT8 check on this CPU:
+  ``passed`` (1/0), ``min_cosine``, ``top10_overlap`` (absent when not checked)
 """
 
 from __future__ import annotations
@@ -75,6 +78,18 @@ class EngineMetrics:
         )
         self.rewards = Counter("explorank_rewards", "Rewards by outcome", ["outcome"], registry=r)
         self.ready = Gauge("explorank_ready", "1 when serving", registry=r)
+        self.precision = Gauge(
+            "explorank_encoder_precision",
+            "1 for the encoder precision being served",
+            ["precision"],
+            registry=r,
+        )
+        self.int8_check = Gauge(
+            "explorank_int8_check",
+            "Load-time INT8 check on this CPU: passed (1/0), min_cosine, top10_overlap",
+            ["measure"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._batches = 0
         self._batch_items = 0
@@ -104,6 +119,16 @@ class EngineMetrics:
             self.rejections.inc(count)
         elif reason == "deadline":
             self.deadline_drops.inc(count)
+
+    def observe_precision(self, served: str, check: Any = None) -> None:
+        """The served precision and, when there was one, the load-time INT8 check
+        (an :class:`explorank.engine.int8_check.Int8Check`)."""
+        self.precision.labels(served).set(1)
+        if check is not None:
+            self.int8_check.labels("passed").set(1.0 if check.passed else 0.0)
+            for name in ("min_cosine", "top10_overlap"):
+                if name in check.metrics:
+                    self.int8_check.labels(name).set(check.metrics[name])
 
     # -- summaries (GetInfo, benchmarks) ------------------------------------------------
     def batching_summary(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
         metrics: EngineMetrics | None = None,
         backend: Any = None,
     ) -> None:
-        from explorank.engine.backends import create_backend
+        from explorank.engine.int8_check import PrecisionChoice, choose_encoder
         from explorank.engine.tokenize import Tokenizer
 
         self.config = config
@@ -88,16 +88,21 @@ class Engine(EmbeddingMixin, FeedbackMixin):
         self.plugins = plugins or PluginManager(
             block_external=config.plugins.block_external, allow=config.plugins.allow
         )
-        bc = config.backend
-        self.backend = backend or create_backend(
-            bundle,
-            backend=bc.backend,
-            precision=bc.precision,
-            provider=bc.provider,
-            intra_op_threads=bc.intra_op_threads,
-            max_batch_size=config.batching.max_batch_size,
-        )
         self.tokenizer = Tokenizer.from_bundle(bundle)
+        if backend is None:
+            self.backend, self.precision_choice = choose_encoder(
+                bundle,
+                self.tokenizer,
+                config.backend,
+                max_batch_size=config.batching.max_batch_size,
+            )
+        else:
+            self.backend = backend
+            served = str(getattr(backend, "precision", "unknown"))
+            self.precision_choice = PrecisionChoice(
+                config.backend.precision, served, f"{served}: backend given by the caller"
+            )
+        self.metrics.observe_precision(self.precision_choice.served, self.precision_choice.check)
         self.user_cache = LRUCache(config.cache.user_max_entries, ttl_s=config.cache.user_ttl_s)
         self.item_cache = LRUCache(config.cache.item_max_entries)
         self.event_cache = LRUCache(10_000)
@@ -419,6 +424,7 @@ class Engine(EmbeddingMixin, FeedbackMixin):
             "backend": getattr(self.backend, "name", "unknown"),
             "execution_provider": getattr(self.backend, "provider", "unknown"),
             "precision": getattr(self.backend, "precision", "unknown"),
+            "precision_reason": self.precision_choice.reason,
             "scorers": sorted(self.scorers),
             "policies": sorted(self.policies),
             "default_scorer": self.config.ranking.default_scorer,
@@ -432,4 +438,9 @@ class Engine(EmbeddingMixin, FeedbackMixin):
             "catalog_size": len(self.bundle.items),
             "state_store": self.config.state.store,
             "version": __version__,
+            **(
+                {"int8_gate": self.precision_choice.check.as_info()}
+                if self.precision_choice.check is not None
+                else {}
+            ),
         }

@@ -115,6 +115,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         async def run() -> ranker_pb2.GetInfoResponse:
             info = dict(self.engine.info())
             batching = ranker_pb2.BatchingInfo(**info.pop("batching"))
+            gate = info.pop("int8_gate", None)
+            if gate is not None:
+                info["int8_gate"] = ranker_pb2.Int8Gate(**gate)
             return ranker_pb2.GetInfoResponse(batching=batching, **info)
 
         return await self._call("GetInfo", context, run)
@@ -170,7 +173,7 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s catalog=%d",
+            "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s (%s) catalog=%d",
             info["model_name"],
             info["model_version"],
             sc.host,
@@ -178,6 +181,7 @@ class Server:
             info["backend"],
             info["execution_provider"],
             info["precision"],
+            info["precision_reason"],
             info["catalog_size"],
         )
         return self.port

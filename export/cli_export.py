@@ -52,6 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="encoding batch size (default 64)"
     )
+    parser.add_argument(
+        "--int8-search",
+        choices=("auto", "all", "portable"),
+        default="auto",
+        help="INT8 configurations to try: auto = by this CPU (portable only on AVX2-only CPUs), "
+        "all = full-range first, portable = only those that compute the same on every x86 CPU "
+        "(export on a new CPU for a fleet of older ones) (default auto)",
+    )
+    parser.add_argument(
+        "--int8-optional",
+        action="store_true",
+        help="when no INT8 configuration passes the accuracy gate, write the bundle without "
+        "INT8 (fp32 only) instead of failing",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -67,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         max_seq_length=args.max_seq_length,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        int8_search=args.int8_search,
+        int8_required=not args.int8_optional,
     )
     summary = {
         "bundle": str(Path(args.out).expanduser().absolute()),
@@ -75,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "items": manifest["catalog"]["count"],
         "fused_operators": {k: v for k, v in manifest["encoder"]["fused_operators"].items() if v},
         "int8_config": (manifest["encoder"].get("int8_config") or {}).get("name"),
+        "int8_portable": (manifest["encoder"].get("int8_config") or {}).get("portable"),
         "parity": {
             name: {
                 k: float(f"{v:.6g}")

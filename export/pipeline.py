@@ -13,7 +13,9 @@ The stages, each a separate function elsewhere in :mod:`explorank.export`:
 8. manifest with sha256 of every file, then an atomic rename into place.
 
 The validation texts are an evenly spaced sample of the catalog itself (up to
-``validation_size``), so the gates measure the texts the bundle will actually serve.
+``validation_size``), so the gates measure the texts the bundle will actually serve; the engine
+re-checks the INT8 encoder on the same sample on the CPU that serves it
+(:mod:`explorank.engine.int8_check`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from explorank.engine.int8_check import sample_indices
 from explorank.errors import InvalidArgumentError
 from explorank.export import bundle_writer as bw
 from explorank.export import heads as heads_mod
@@ -128,10 +131,6 @@ def _check_args(
     return [p for p in PRECISIONS if p in precs], tensorrt
 
 
-def _validation_indices(n: int, size: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
-
-
 def export_bundle(
     out: Path,
     *,
@@ -145,8 +144,15 @@ def export_bundle(
     parity_overrides: Mapping[str, Mapping[str, float]] | None = None,
     validation_size: int = 512,
     torch_parity_size: int = 128,
+    int8_search: str = "auto",
+    int8_required: bool = True,
 ) -> dict[str, Any]:
     """Export a bundle to ``out`` and return its manifest (see the module docstring).
+
+    ``int8_search`` picks the INT8 configurations tried (:func:`quantize.search_list`).
+    With ``int8_required=False`` a bundle whose INT8 encoder misses the gate is written
+    without one (fp32 only; the attempts are recorded under ``encoder.int8_skipped``);
+    by default the miss fails the export.
 
     Raises :class:`~explorank.errors.InvalidArgumentError` for bad arguments or input files,
     :class:`~explorank.errors.ParityError` when a precision misses its gate (nothing is written
@@ -156,6 +162,7 @@ def export_bundle(
 
     t_start = time.perf_counter()
     precs, tensorrt = _check_args(precisions, tensorrt, max_seq_length, batch_size)
+    quantize.search_list(int8_search, "avx2")  # validates the mode before any work
     tolerances = parity.resolve_tolerances(parity_overrides)
     out = bw.check_out_dir(Path(out))
     is_default_model = model_dir is None
@@ -196,12 +203,12 @@ def export_bundle(
             t = lap("optimize", t)
 
             rows = onnx_export.tokenize(tokenizer, [it.text for it in items])
-            val_rows = [rows[i] for i in _validation_indices(len(rows), validation_size)]
+            val_rows = [rows[i] for i in sample_indices(len(rows), validation_size)]
             fp32_run = ort_runner(stage / "encoder.onnx")
             fp32_val = encode_sorted(val_rows, fp32_run, batch_size=batch_size)
             # PyTorch is the slow side; a length-spanning subset suffices to catch kernel bugs.
             by_len = np.argsort([len(r) for r in val_rows], kind="stable")
-            sub = by_len[_validation_indices(len(by_len), torch_parity_size)]
+            sub = by_len[sample_indices(len(by_len), torch_parity_size)]
             reference = encode_sorted(
                 [val_rows[i] for i in sub],
                 lambda i, m: onnx_export.torch_embed(module, i, m),
@@ -229,16 +236,30 @@ def export_bundle(
                 "architecture": arch.as_manifest(),
             }
             if "int8" in precs:
-                encoder["int8_config"], report["int8"] = quantize.quantize_with_gate(
-                    stage / "encoder.onnx",
-                    stage / "encoder.int8.onnx",
-                    reference=fp32_val,
-                    embed=lambda p: encode_sorted(val_rows, ort_runner(p), batch_size=batch_size),
-                    tolerances=tolerances["int8"],
-                    workdir=work,
-                )
-                report["int8"]["reference"] = "fp32 onnx"
-                encoder["int8"] = "encoder.int8.onnx"
+                try:
+                    encoder["int8_config"], report["int8"] = quantize.quantize_with_gate(
+                        stage / "encoder.onnx",
+                        stage / "encoder.int8.onnx",
+                        reference=fp32_val,
+                        embed=lambda p: encode_sorted(
+                            val_rows, ort_runner(p), batch_size=batch_size
+                        ),
+                        tolerances=tolerances["int8"],
+                        workdir=work,
+                        search=int8_search,
+                    )
+                    report["int8"]["reference"] = "fp32 onnx"
+                    encoder["int8"] = "encoder.int8.onnx"
+                except quantize.Int8GateError as exc:
+                    if int8_required:
+                        raise
+                    log.warning("no INT8 encoder in this bundle (serving will use fp32): %s", exc)
+                    encoder["int8_skipped"] = {
+                        "reason": str(exc),
+                        "gated_on": exc.cpu,
+                        "attempts": exc.attempts,
+                    }
+                    precs = [p for p in precs if p != "int8"]
                 t = lap("quantize_int8", t)
 
             embeddings = encode_sorted(

@@ -221,7 +221,7 @@ def _check_encoder_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
-    tiny_bundle: Path, tmp_path: Path
+    tiny_int8_bundle: Path, tmp_path: Path
 ) -> None:
     from explorank.benchmarks import encoder_backends
     from explorank.engine.backends import cuda_device_count
@@ -236,7 +236,7 @@ def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
         return ready, skipped
 
     cfg = EncoderBenchConfig(
-        bundle=tiny_bundle,
+        bundle=tiny_int8_bundle,
         backends=["ort-fp32", "ort-int8", *GPU_BACKENDS],
         batch_sizes=[1, 2],
         seq_lens=[8],

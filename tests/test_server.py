@@ -256,7 +256,9 @@ def test_get_info_reports_backend(stub: ranker_pb2_grpc.RankerStub) -> None:
     info = stub.GetInfo(ranker_pb2.GetInfoRequest(), timeout=10)
     assert info.backend == "onnxruntime"
     assert info.execution_provider == "CPUExecutionProvider"
-    assert info.precision == "int8"  # auto on CPU: the gated INT8 encoder
+    assert info.precision == "fp32"  # the tiny bundle has no INT8 encoder
+    assert "no INT8 encoder" in info.precision_reason
+    assert not info.HasField("int8_gate")
     assert set(BUILTIN_POLICIES) <= set(info.policies)
     assert {"mf", "neural"} <= set(info.scorers)
     assert info.batching.max_batch_size == 16
