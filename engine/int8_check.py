@@ -110,10 +110,16 @@ def check_int8(
     bundle: Bundle,
     *,
     texts: int = 512,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Int8Check:
-    """Encode the sample with ``backend`` and compare it with the bundle's fp32 embeddings."""
+    """Encode the sample with ``backend`` and compare it with the bundle's fp32 embeddings.
+
+    Batches are length-sorted and ``batch_size`` long (default: the export's validation batch
+    size from the manifest): dynamic INT8 scales activations per batch, so the check groups
+    the texts exactly as the export's gate did."""
     t0 = time.perf_counter()
+    if batch_size is None:
+        batch_size = int(bundle.manifest.get("validation", {}).get("batch_size", 64))
     idx = sample_indices(len(bundle.items), texts)
     rows = tokenizer.encode_batch([bundle.items[i].text for i in idx.tolist()])
     out = np.empty((len(rows), bundle.embedding_dim), dtype=np.float32)

@@ -323,6 +323,10 @@ def export_bundle(
                         "texts": len(val_rows),
                         "pytorch_texts": len(sub),
                         "source": "evenly spaced sample of the catalog",
+                        # dynamic INT8 scales activations per batch: the load-time check
+                        # batches the same texts the same way
+                        "batch_size": batch_size,
+                        "batching": "length-sorted",
                     },
                     "timings_s": {**timings, "total": round(time.perf_counter() - t_start, 2)},
                 },
