@@ -13,6 +13,8 @@ joined). The estimand is the target policy's expected reward **at the first posi
   to 1 (a deterministic policy needs one ranking). An item never drawn in ``--samples``
   rankings is counted 0 (a Monte-Carlo approximation; the residual mass is reported).
   A policy may instead expose ``first_position_probabilities(ctx) -> (n,)`` exactly.
+- every target ranking goes through the engine's decision core
+  (:func:`explorank.engine.decision.choose`, which validates it as serving does);
 - the reward model for DR / SWITCH-DR: per-item mean reward of logged first items,
   shrunk towards the global mean with ``--shrinkage`` pseudo-observations, cross-fitted
   on two folds (events alternate) so no event's reward predicts itself.
@@ -20,8 +22,9 @@ joined). The estimand is the target policy's expected reward **at the first posi
 Scores: the logged candidate scores, or ``--scorer`` applied to the logged user embedding
 and candidate embeddings (from ``--bundle``'s catalog by item id, else the logged ranked
 embeddings, else zeros with a warning). Stateful targets learn sequentially from the
-logged rewards in time order, each event *after* it was evaluated (``--stats empty``:
-the target keeps no state).
+logged rewards in time order, each event *after* it was evaluated, through the engine's
+learning path (:func:`explorank.engine.decision.deltas_for`, as if the target had ranked the
+logged event) (``--stats empty``: the target keeps no state).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import numpy as np
 
 from explorank.benchmarks import ope
 from explorank.benchmarks.simulator import make_policy, make_scorer
+from explorank.engine import decision as core
 from explorank.errors import InvalidArgumentError
-from explorank.plugins.api import Policy, PolicyStats, RankContext, RewardContext, ScorerContext
+from explorank.plugins.api import EventRecord, Policy, RankContext, ScorerContext
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,10 +130,19 @@ def first_position_probs(
         return probs, 0.0
     probs = np.full(n, np.nan)
     for r in range(samples):
-        ctx.rng = np.random.default_rng([seed, r])
-        ranking = policy.rank(ctx)
-        i = int(ranking.order[0])
-        probs[i] = float(ranking.propensities[0])
+        decision = core.choose(
+            policy,
+            policy.name,
+            scores=ctx.scores,
+            user=ctx.user_embedding,
+            cand_ids=ctx.item_ids,
+            cand_vecs=ctx.item_embeddings,
+            top_k=ctx.top_k,
+            rng=np.random.default_rng([seed, r]),
+            stats=ctx.stats,
+        )
+        i = int(decision.order[0])
+        probs[i] = float(decision.propensities[0])
         known = float(np.nansum(probs))
         if known >= 1.0 - 1e-6 or not np.isnan(probs[target]):
             break
@@ -196,7 +209,8 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
                 embedding_dim=dim, heads=heads, bundle_dir=emb.bundle.path if emb.bundle else None
             ),
         )
-    stats = PolicyStats()
+    book = core.StatsBook()
+    stats = book.of(policy.name)
     n = len(events)
     rewards, p0, p1, resid = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     firsts: list[str] = []
@@ -208,7 +222,7 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
         scores = (
             ev["_scores"]
             if scorer is None
-            else np.asarray(scorer.score(user, items), dtype=np.float32)
+            else core.score(scorer, scorer.name, user=user, cand_ids=ids, cand_vecs=items)
         )
         first = str(ev["_ranked"][0]["item_id"])
         target = ids.index(first)
@@ -219,7 +233,7 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
             user,
             1,
             np.random.default_rng(0),
-            stats if args.stats == "sequential" else PolicyStats(),
+            stats if args.stats == "sequential" else core.StatsBook().of(policy.name),
         )
         probs, resid[e] = first_position_probs(policy, ctx, args.samples, args.seed + e, target)
         p1[e] = 0.0 if np.isnan(probs[target]) else probs[target]
@@ -227,27 +241,8 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
         firsts.append(first)
         dists.append((ids, probs))
         if args.stats == "sequential" and policy.stateful:
-            for pos, r in enumerate(ev["_ranked"]):
-                item = str(r["item_id"])
-                j = ids.index(item) if item in ids else -1
-                value = _reward_of(ev, item)
-                if j < 0 or not any(str(x["item_id"]) == item for x in ev.get("rewards") or []):
-                    continue
-                delta = policy.update(
-                    RewardContext(
-                        str(ev.get("event_id", e)),
-                        item,
-                        value,
-                        float(r.get("score", scores[j])),
-                        pos,
-                        float(r["propensity"]),
-                        user,
-                        items[j],
-                    ),
-                    stats,
-                )
-                if delta is not None and not delta.is_empty():
-                    stats.apply(delta)
+            _learn_logged(policy, book, ev, ids, items, user, scores, e)
+            stats = book.of(policy.name)
     q_logged, q_target = _reward_model(firsts, rewards, dists, args.shrinkage)
     ests = ope.all_estimates(
         rewards, p0, p1, q_logged, q_target, tau=args.tau, max_weight=args.max_weight
@@ -264,6 +259,52 @@ def evaluate_log(args: argparse.Namespace) -> dict[str, Any]:
         "missing_embeddings": emb.missing,
         "estimates": [e.to_dict() for e in ests],
     }
+
+
+def _learn_logged(
+    policy: Policy,
+    book: core.StatsBook,
+    ev: dict[str, Any],
+    ids: list[str],
+    items: np.ndarray,
+    user: np.ndarray,
+    scores: np.ndarray,
+    e: int,
+) -> None:
+    """The target learns from the logged event's rewards as if it had ranked it."""
+    ranked = [r for r in ev["_ranked"] if str(r["item_id"]) in ids]
+    rewarded = {str(x["item_id"]) for x in ev.get("rewards") or []}
+    if not ranked or not rewarded:
+        return
+    rows = [ids.index(str(r["item_id"])) for r in ranked]
+    event = EventRecord(
+        event_id=str(ev.get("event_id", e)),
+        created_at=float(ev.get("created_at", 0.0)),
+        user_id=str(ev.get("user_id", "")),
+        scorer=str(ev.get("scorer", "")),
+        policy=policy.name,
+        model_version=str(ev.get("model_version", "")),
+        candidate_ids=ids,
+        candidate_scores=scores,
+        ranked_ids=[str(r["item_id"]) for r in ranked],
+        ranked_scores=[float(r.get("score", scores[j])) for r, j in zip(ranked, rows, strict=True)],
+        propensities=[float(r["propensity"]) for r in ranked],
+        explored=[bool(r.get("explored", False)) for r in ranked],
+        user_embedding=user,
+        ranked_embeddings=items[rows],
+    )
+    for item in event.ranked_ids:
+        if item in rewarded:
+            book.apply(
+                core.deltas_for(
+                    event,
+                    item,
+                    _reward_of(ev, item),
+                    policies={policy.name: policy},
+                    scorers={},
+                    stats=book,
+                )
+            )
 
 
 def _reward_model(

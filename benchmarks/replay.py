@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from explorank.benchmarks.representations import Representation
-from explorank.plugins.api import Policy, PolicyStats, RankContext, RewardContext, Scorer
+from explorank.benchmarks.simulator import rank_step
+from explorank.engine import decision as core
+from explorank.plugins.api import Policy, Scorer
 
 BIAS_CAVEAT = (
     "CAVEAT: replay (Li et al. 2011) is unbiased only when the logging policy picked the logged "
@@ -79,12 +81,15 @@ def replay(
     no_click_reward: float = -1.0,
 ) -> ReplayResult:
     """Replay ``log`` (user, item index, reward) through ``policy`` (see module docstring).
-    ``scorer=None`` makes the scores all zero (for policies that ignore them)."""
+    ``scorer=None`` makes the scores all zero (for policies that ignore them). Each event is
+    decided and learned from through the engine's decision core (event ``replay-<e>``)."""
     rng = np.random.default_rng(seed)
-    policy_rng = np.random.default_rng(seed + 1)
     n_items = len(item_ids)
     k = min(n_candidates, n_items)
-    stats = PolicyStats()
+    stats = core.StatsBook()
+    policies = {policy.name: policy}
+    scorers = {scorer.name: scorer} if scorer is not None else {}
+    learn = policy.stateful or any(getattr(s, "stateful", False) for s in scorers.values())
     accepted, reward_sum = 0, 0.0
     picked: set[int] = set()
     events = log if max_events is None else log[:max_events]
@@ -95,36 +100,38 @@ def replay(
         rng.shuffle(cands)
         user_vec = rep.user_vector(user)
         item_vecs = rep.item_vectors(cands)
-        scores = (
-            np.zeros(k, dtype=np.float32)
-            if scorer is None
-            else np.asarray(scorer.score(user_vec, item_vecs), dtype=np.float32)
-        )
         cand_ids = [item_ids[i] for i in cands.tolist()]
-        ranking = policy.rank(
-            RankContext(scores, cand_ids, item_vecs, user_vec, 1, policy_rng, stats)
+        event_id = f"replay-{e}"
+        decision = rank_step(
+            policy,
+            scorer,
+            user=user_vec,
+            cand_ids=cand_ids,
+            cand_vecs=item_vecs,
+            top_k=1,
+            rng=core.event_rng(seed + 1, event_id),
+            stats=stats,
+            true_scores=np.zeros(k, dtype=np.float32),
         )
-        top = int(ranking.order[0])
+        top = int(decision.order[0])
         if cands[top] != item:
             continue
         accepted += 1
         reward_sum += reward
         picked.add(item)
-        if policy.stateful:
-            delta = policy.update(
-                RewardContext(
-                    event_id=f"replay-{e}",
-                    item_id=cand_ids[top],
-                    value=float(reward) if reward > 0 else no_click_reward,
-                    score=float(scores[top]),
-                    position=0,
-                    propensity=float(ranking.propensities[0]),
-                    user_embedding=user_vec,
-                    item_embedding=item_vecs[top],
-                ),
-                stats,
+        if learn:
+            event = core.to_event(
+                decision, event_id=event_id, created_at=float(e), user=user_vec, cand_vecs=item_vecs
             )
-            if delta is not None and not delta.is_empty():
-                stats.apply(delta)
+            stats.apply(
+                core.deltas_for(
+                    event,
+                    cand_ids[top],
+                    float(reward) if reward > 0 else no_click_reward,
+                    policies=policies,
+                    scorers=scorers,
+                    stats=stats,
+                )
+            )
         rep.observe(user, cands[[top]], np.array([reward]), user_vec)
     return ReplayResult(len(events), accepted, reward_sum, len(picked), uniform_log)

@@ -4,16 +4,18 @@ One run = one (policy, scorer, representation). Every run of an evaluation sees 
 users, candidate sets and click uniforms (common random numbers, drawn once by
 :func:`draw_steps`), so differences between runs come from the policies, not the dice.
 
-Per step: the user's vector and the candidates' vectors come from the representation;
-the scorer scores; the policy ranks (a :class:`RankContext` with a seeded rng and the
-policy's own :class:`PolicyStats`); the first ``top_k`` items are shown; item ``j`` at
-position ``pos`` is clicked when ``uniform[t, j] < p_true(user, j) * position_bias[pos]``.
-Every shown item then gets a reward (1.0 for a click, ``no_click_reward`` = -1.0 by
-default otherwise: rewards live in [-1, 1] and e.g. Thompson sampling reads ``(r + 1) / 2``
-as the success share, so -1 is a failure) through the path the engine uses: ``policy.update(RewardContext, stats)`` -> :class:`StatsDelta`, and the deltas are
-applied with ``stats.apply`` (after all deltas of the step are computed, as the engine
-applies a delta after the store made the reward durable). ``update_every > 1`` delays
-feedback by that many steps, as rewards arrive late in production.
+Per step (:func:`rank_step`): the user's vector and the candidates' vectors come from the
+representation; the decision is made by the engine's own decision core
+(:func:`explorank.engine.decision.decide`: score, rank, validate — the same code that serves
+Rank, seeded per step as the engine seeds per event id); the first ``top_k`` items are shown;
+item ``j`` at position ``pos`` is clicked when
+``uniform[t, j] < p_true(user, j) * position_bias[pos]``. Every shown item then gets a reward
+(1.0 for a click, ``no_click_reward`` = -1.0 by default otherwise: rewards live in [-1, 1] and
+e.g. Thompson sampling reads ``(r + 1) / 2`` as the success share, so -1 is a failure) through
+the engine's learning path (:func:`explorank.engine.decision.deltas_for`), and the deltas are
+applied after all deltas of the step are computed, as the engine applies a delta after the
+store made the reward durable. ``update_every > 1`` delays feedback by that many steps, as
+rewards arrive late in production.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ import numpy as np
 from explorank.benchmarks.eval_metrics import RunMetrics, popularity_probs
 from explorank.benchmarks.representations import Representation
 from explorank.benchmarks.worlds import World
+from explorank.engine import decision as core
 from explorank.errors import InvalidArgumentError
 from explorank.plugins.api import (
     Policy,
-    PolicyStats,
     RankContext,
     Ranking,
-    RewardContext,
+    ScoreContext,
     Scorer,
     ScorerContext,
     StatsDelta,
@@ -78,8 +80,8 @@ class DotScorer(Scorer):
     name: ClassVar[str] = "dot"
     description: ClassVar[str] = "dot product of user and item embeddings"
 
-    def score(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return (items @ user).astype(np.float32)
+    def score(self, ctx: ScoreContext) -> np.ndarray:
+        return (ctx.item_embeddings @ ctx.user_embedding).astype(np.float32)
 
 
 INTERNAL_POLICIES: dict[str, type[Policy]] = {"random": RandomPolicy, "oracle": OraclePolicy}
@@ -194,6 +196,47 @@ class RunSpec:
     policy_params: dict[str, Any]
 
 
+def rank_step(
+    policy: Policy,
+    scorer: Scorer | None,
+    *,
+    user: np.ndarray,
+    cand_ids: list[str],
+    cand_vecs: np.ndarray,
+    top_k: int,
+    rng: np.random.Generator,
+    stats: core.StatsBook,
+    true_scores: np.ndarray | None = None,
+) -> core.Decision:
+    """One simulated Rank through the decision core. ``scorer=None`` ranks by
+    ``true_scores`` (the oracle)."""
+    if scorer is None:
+        assert true_scores is not None
+        return core.choose(
+            policy,
+            policy.name,
+            scores=np.asarray(true_scores, dtype=np.float32),
+            user=user,
+            cand_ids=cand_ids,
+            cand_vecs=cand_vecs,
+            top_k=top_k,
+            rng=rng,
+            stats=stats.get(policy.name),
+        )
+    return core.decide(
+        scorer,
+        policy,
+        scorer_name=scorer.name,
+        policy_name=policy.name,
+        user=user,
+        cand_ids=cand_ids,
+        cand_vecs=cand_vecs,
+        top_k=top_k,
+        rng=rng,
+        stats=stats,
+    )
+
+
 def simulate(
     world: World,
     steps: Steps,
@@ -208,7 +251,8 @@ def simulate(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[RunMetrics, float]:
     """Run one policy through all steps; returns its metrics and the wall time (s).
-    ``scorer=None`` scores with the true click probabilities (the oracle)."""
+    ``scorer=None`` scores with the true click probabilities (the oracle). Step ``t`` is
+    the engine's event ``sim-<t>``: seeded with :func:`~explorank.engine.decision.event_rng`."""
     ids = world.item_ids
     metrics = RunMetrics(
         world.n_items,
@@ -217,51 +261,58 @@ def simulate(
         world.cold,
         world.diversity_vectors(),
     )
-    stats = PolicyStats()
-    rng = np.random.default_rng(seed)
-    pending: list[StatsDelta] = []
+    stats = core.StatsBook()
+    pending: list[dict[str, StatsDelta]] = []
     pb = steps.position_bias
-    learn = policy.stateful
+    policies = {policy.name: policy}
+    scorers = {scorer.name: scorer} if scorer is not None else {}
+    learn = policy.stateful or any(getattr(s, "stateful", False) for s in scorers.values())
     t0 = time.perf_counter()
     for t in range(steps.users.shape[0]):
         u = int(steps.users[t])
         cands = steps.candidates[t]
         user_vec = rep.user_vector(u)
         item_vecs = rep.item_vectors(cands)
-        if scorer is None:
-            scores = steps.probs[t].astype(np.float32)
-        else:
-            scores = np.asarray(scorer.score(user_vec, item_vecs), dtype=np.float32)
         cand_ids = [ids[i] for i in cands.tolist()]
-        ctx = RankContext(scores, cand_ids, item_vecs, user_vec, top_k, rng, stats)
-        ranking = policy.rank(ctx)
-        order = np.asarray(ranking.order, dtype=np.int64)
+        decision = rank_step(
+            policy,
+            scorer,
+            user=user_vec,
+            cand_ids=cand_ids,
+            cand_vecs=item_vecs,
+            top_k=top_k,
+            rng=core.event_rng(seed, f"sim-{t}"),
+            stats=stats,
+            true_scores=steps.probs[t],
+        )
+        order = decision.order
         k = order.shape[0]
         p = steps.probs[t, order] * pb[:k]
         clicks = (steps.uniforms[t, order] < p).astype(np.float64)
         shown = cands[order]
         metrics.record(shown, clicks, float(p.sum()), float(steps.oracle[t]))
         if learn:
-            props = np.asarray(ranking.propensities, dtype=np.float64)
-            for j in range(k):
-                delta = policy.update(
-                    RewardContext(
-                        event_id=f"sim-{t}",
-                        item_id=cand_ids[order[j]],
-                        value=1.0 if clicks[j] else no_click_reward,
-                        score=float(scores[order[j]]),
-                        position=j,
-                        propensity=float(props[j]),
-                        user_embedding=user_vec,
-                        item_embedding=item_vecs[order[j]],
-                    ),
-                    stats,
+            event = core.to_event(
+                decision,
+                event_id=f"sim-{t}",
+                created_at=float(t),
+                user=user_vec,
+                cand_vecs=item_vecs,
+            )
+            for j, item_id in enumerate(decision.ranked_ids):
+                pending.append(
+                    core.deltas_for(
+                        event,
+                        item_id,
+                        1.0 if clicks[j] else no_click_reward,
+                        policies=policies,
+                        scorers=scorers,
+                        stats=stats,
+                    )
                 )
-                if delta is not None and not delta.is_empty():
-                    pending.append(delta)
-            if pending and (t + 1) % update_every == 0:
-                for delta in pending:
-                    stats.apply(delta)
+            if (t + 1) % update_every == 0:
+                for deltas in pending:
+                    stats.apply(deltas)
                 pending.clear()
         rep.observe(u, shown, clicks, user_vec)
         if progress is not None and t % 500 == 0:

@@ -132,6 +132,11 @@ class PluginsConfig(_Section):
     block_external: bool = False
     #: Only these third-party plugins (entry-point or distribution names); None = all.
     allow: list[str] | None = None
+    #: Names not to load or register: a plugin (entry-point, distribution or built-in module
+    #: name) or a scorer / policy / store (built-ins included). EXPLORANK_PLUGINS_BLOCK adds more.
+    block: list[str] = Field(default_factory=list)
+    #: Names a third-party plugin may take over from a built-in (e.g. ["softmax"]).
+    override: list[str] = Field(default_factory=list)
 
 
 class Config(_Section):

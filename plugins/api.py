@@ -1,29 +1,80 @@
-"""The interfaces that plugins implement and the records they exchange with the engine.
+"""The interfaces that plugins implement and the records they exchange with the engine
+(plugin API 2). Everything a plugin author needs is importable from here.
 
 Arrays in, arrays out: a scorer scores all candidates of a request in one call and a
 policy orders them in one call, so no per-item Python loop sits on the Rank path.
+
+What a plugin sees, and when:
+
+- a **scorer** gets a :class:`ScoreContext` per Rank (the user embedding, the candidates'
+  ids and embeddings, its own statistics and the policy-independent per-item statistics)
+  and returns one score per candidate; a stateful scorer also learns from every reward;
+- a **policy** gets a :class:`RankContext` (the scores, ids, embeddings, its statistics, a
+  seeded rng) and returns a :class:`Ranking` with propensities; a stateful policy learns
+  from the rewards of the events it ranked (``learns_from = "all"``: from every reward,
+  with the logging propensity in :class:`RewardContext` to correct by);
+- learning is additive: ``update`` returns a :class:`StatsDelta`, never mutates.
+
+API 1 plugins keep working: a scorer whose ``score`` takes ``(user, items)`` is called that
+way, and a plugin without a ``Params`` model keeps receiving its raw parameters as a dict.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from explorank.errors import ConfigError, UnavailableError
 from explorank.plugins.errors import PluginError
+from explorank.plugins.params import PluginParams, validate_params
+from explorank.plugins.stats import PolicyStats, StatsDelta
+from explorank.plugins.store_api import (
+    EventRecord,
+    RewardRecord,
+    StateStore,
+    StateUnavailableError,
+)
+
+__all__ = [
+    "EventRecord",
+    "PluginParams",
+    "Policy",
+    "PolicyStats",
+    "RankContext",
+    "Ranking",
+    "RewardContext",
+    "RewardRecord",
+    "ScoreContext",
+    "Scorer",
+    "ScorerContext",
+    "StateStore",
+    "StateUnavailableError",
+    "StatsDelta",
+    "scorer_api_version",
+]
+
+#: Statistics vector of :attr:`ScoreContext.item_stats`: ``[reward_count, reward_sum]``.
+ITEM_STATS_SIZE = 2
+
+
+def _params(section: str, cls: type, params: dict[str, Any]) -> Any:
+    model = getattr(cls, "Params", None)
+    if model is None:
+        return params
+    return validate_params(f"{section}.{cls.name}", model, params)  # type: ignore[attr-defined]
+
 
 # ----------------------------------------------------------------------------- scorers
 
 
 @dataclass(frozen=True)
 class ScorerContext:
-    """What a scorer may use from the bundle it serves."""
+    """What a scorer may use from the bundle it serves (given to its constructor)."""
 
     embedding_dim: int
     #: The manifest's ``heads`` section, with every ``path`` resolved to an absolute path.
@@ -34,102 +85,77 @@ class ScorerContext:
     intra_op_threads: int = 1
 
 
+@dataclass
+class ScoreContext:
+    """Everything a scorer sees for one Rank request (all read-only)."""
+
+    #: (d,) float32, the user's L2-normalised embedding.
+    user_embedding: np.ndarray
+    #: (n,) the candidates' item ids, in candidate order.
+    item_ids: Sequence[str]
+    #: (n, d) float32, the candidates' L2-normalised embeddings.
+    item_embeddings: np.ndarray
+    #: This scorer's own statistics (empty for stateless scorers).
+    stats: PolicyStats = field(default_factory=PolicyStats)
+    #: Policy-independent per-item statistics, learned from every reward whichever policy
+    #: or scorer served it: ``items[item_id] = [reward_count, reward_sum]``.
+    item_stats: PolicyStats = field(default_factory=PolicyStats)
+
+    def item_counts(self) -> np.ndarray:
+        """(n, 2) ``[reward_count, reward_sum]`` of every candidate (zeros when unseen)."""
+        return self.item_stats.item_matrix(self.item_ids, ITEM_STATS_SIZE)
+
+
+def scorer_api_version(cls: type) -> int:
+    """1 when ``cls.score`` takes ``(user, items)`` (plugin API 1), else 2 (``(ctx)``)."""
+    fn = getattr(cls, "score", None)
+    if fn is None:
+        return 2
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 2
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.name != "self"
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.default is p.empty
+    ]
+    return 1 if len(positional) == 2 else 2
+
+
 class Scorer(ABC):
-    """Turns a user embedding and a candidate embedding matrix into scores."""
+    """Turns the user and the candidates into one score per candidate (higher is better).
+
+    Subclasses set ``name`` and implement :meth:`score`; a learning scorer sets
+    ``stateful = True`` and implements :meth:`update`. Parameters come from
+    ``[ranking.scorers.<name>]`` and are validated against the nested ``Params`` model.
+    """
 
     #: Unique name used in config and in ``RankRequest.scorer``.
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: True when the scorer learns from rewards (``update`` returns deltas). A stateful
+    #: scorer learns from every reward, and its statistics are stored and replicated
+    #: like a policy's.
+    stateful: ClassVar[bool] = False
+    #: The parameter model (a :class:`PluginParams` subclass); ``None`` = API 1 (raw dict).
+    Params: ClassVar[type[PluginParams] | None] = None
 
     def __init__(self, context: ScorerContext, **params: Any) -> None:
         self.context = context
-        self.params = params
+        self.params: Any = _params("ranking.scorers", type(self), params)
 
     @abstractmethod
-    def score(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """``user``: (d,) float32, ``items``: (n, d) float32 -> (n,) float32 scores.
+    def score(self, ctx: ScoreContext) -> np.ndarray:
+        """(n,) float32 scores, one per candidate, finite. Vectorized: one call per request.
+        Must not modify the context's arrays."""
 
-        Higher is better. Must be vectorized over candidates (one call per request)."""
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass
-class StatsDelta:
-    """An additive change to a policy's sufficient statistics.
-
-    ``items`` maps an item id to a vector added to that item's statistics (e.g.
-    ``[count, reward_sum]``); ``arrays`` maps a name to an array added element-wise
-    (e.g. ``A`` += x xᵀ, ``b`` += r x). Deltas from several replicas merge by addition.
-    """
-
-    items: dict[str, np.ndarray] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def is_empty(self) -> bool:
-        return not self.items and not self.arrays
-
-    def merge(self, other: StatsDelta) -> None:
-        for key, vec in other.items.items():
-            if key in self.items:
-                self.items[key] = self.items[key] + vec
-            else:
-                self.items[key] = np.array(vec, dtype=np.float64, copy=True)
-        for key, arr in other.arrays.items():
-            if key in self.arrays:
-                self.arrays[key] = self.arrays[key] + arr
-            else:
-                self.arrays[key] = np.array(arr, dtype=np.float64, copy=True)
-
-
-@dataclass
-class PolicyStats:
-    """A snapshot of one policy's additive sufficient statistics.
-
-    ``version`` increases whenever a delta is applied or fresher statistics are loaded,
-    so a policy can cache derived quantities (e.g. a Cholesky factor) per version.
-    """
-
-    items: dict[str, np.ndarray] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    version: int = 0
-
-    def item(self, item_id: str, size: int) -> np.ndarray:
-        """The statistics vector of one item, zeros when it has none."""
-        vec = self.items.get(item_id)
-        if vec is None:
-            return np.zeros(size, dtype=np.float64)
-        return vec
-
-    def item_matrix(self, item_ids: Sequence[str], size: int) -> np.ndarray:
-        """(n, size) statistics of several items, zeros for unseen ones."""
-        out = np.zeros((len(item_ids), size), dtype=np.float64)
-        if self.items:
-            get = self.items.get
-            for i, item_id in enumerate(item_ids):
-                vec = get(item_id)
-                if vec is not None:
-                    out[i, : vec.shape[0]] = vec[:size]
-        return out
-
-    def apply(self, delta: StatsDelta) -> None:
-        for key, vec in delta.items.items():
-            cur = self.items.get(key)
-            self.items[key] = np.asarray(vec, dtype=np.float64).copy() if cur is None else cur + vec
-        for key, arr in delta.arrays.items():
-            cur = self.arrays.get(key)
-            self.arrays[key] = (
-                np.asarray(arr, dtype=np.float64).copy() if cur is None else cur + arr
-            )
-        self.version += 1
-
-    def copy(self) -> PolicyStats:
-        return PolicyStats(
-            items={k: v.copy() for k, v in self.items.items()},
-            arrays={k: v.copy() for k, v in self.arrays.items()},
-            version=self.version,
-        )
+    def update(self, reward: RewardContext, stats: PolicyStats) -> StatsDelta | None:
+        """The additive statistics delta for one reward (None when nothing to learn).
+        Must not mutate ``stats``."""
+        return None
 
 
 # ------------------------------------------------------------------------------ policies
@@ -173,6 +199,8 @@ class Ranking:
                 f"policy returned shapes order={order.shape}, propensities={props.shape}, "
                 f"explored={explored.shape}; expected ({k},) each"
             )
+        if k and not np.issubdtype(order.dtype, np.integer):
+            raise PluginError(f"policy returned order of dtype {order.dtype}; expected integers")
         if k and (order.min() < 0 or order.max() >= n_candidates):
             raise PluginError("policy returned an index outside the candidate list")
         if len(set(order.tolist())) != k:
@@ -183,29 +211,43 @@ class Ranking:
 
 @dataclass
 class RewardContext:
-    """One reward, with what the policy needs to learn from it."""
+    """One reward, with what a policy or scorer needs to learn from it."""
 
     event_id: str
     item_id: str
     value: float  # finite, in [-1, 1]
     score: float  # the scorer's score logged for this item at Rank time
     position: int  # 0-based position at which the item was shown
-    propensity: float  # the logged propensity of that position
+    propensity: float  # the logged propensity of that position (for off-policy correction)
     user_embedding: np.ndarray  # (d,) float32
     item_embedding: np.ndarray  # (d,) float32
+    #: The policy and the scorer that served the event (empty when unknown).
+    policy: str = ""
+    scorer: str = ""
 
 
 class Policy(ABC):
-    """Chooses an ordering of scored candidates, balancing exploitation and exploration."""
+    """Chooses an ordering of scored candidates, balancing exploitation and exploration.
+
+    Subclasses set ``name`` and implement :meth:`rank`; a learning policy sets
+    ``stateful = True`` and implements :meth:`update`. Parameters come from
+    ``[ranking.policies.<name>]`` and are validated against the nested ``Params`` model.
+    """
 
     #: Unique name used in config and in ``RankRequest.policy``.
     name: ClassVar[str]
     description: ClassVar[str] = ""
     #: True when the policy learns from rewards (``update`` returns deltas).
     stateful: ClassVar[bool] = False
+    #: Which rewards a stateful policy learns from: ``"own"`` (default) = the rewards of
+    #: events this policy ranked; ``"all"`` = every reward (off-policy learning: correct
+    #: by ``RewardContext.propensity`` where the estimator needs it).
+    learns_from: ClassVar[Literal["own", "all"]] = "own"
+    #: The parameter model (a :class:`PluginParams` subclass); ``None`` = API 1 (raw dict).
+    Params: ClassVar[type[PluginParams] | None] = None
 
     def __init__(self, **params: Any) -> None:
-        self.params = params
+        self.params: Any = _params("ranking.policies", type(self), params)
 
     @abstractmethod
     def rank(self, ctx: RankContext) -> Ranking:
@@ -217,123 +259,3 @@ class Policy(ABC):
         Must not mutate ``stats``: the engine applies the delta only after the state
         store has made the reward durable."""
         return None
-
-
-# ------------------------------------------------------------------------- state stores
-
-
-@dataclass
-class EventRecord:
-    """One logged Rank decision: enough to apply a later reward and to evaluate offline."""
-
-    event_id: str
-    created_at: float  # unix seconds
-    user_id: str
-    scorer: str
-    policy: str
-    model_version: str
-    candidate_ids: list[str]
-    candidate_scores: np.ndarray  # (n,) float32, scores of all candidates
-    ranked_ids: list[str]  # (k,) the returned items, in order
-    ranked_scores: list[float]
-    propensities: list[float]
-    explored: list[bool]
-    user_embedding: np.ndarray  # (d,) float32
-    ranked_embeddings: np.ndarray  # (k, d) float32, embeddings of the returned items
-    context_text: str = ""
-    top_k: int = 0
-
-    def position_of(self, item_id: str) -> int:
-        """0-based position of ``item_id`` in the returned ranking, -1 when absent."""
-        try:
-            return self.ranked_ids.index(item_id)
-        except ValueError:
-            return -1
-
-
-@dataclass(frozen=True)
-class RewardRecord:
-    event_id: str
-    item_id: str
-    value: float
-    created_at: float  # unix seconds
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.value) or not -1.0 <= self.value <= 1.0:
-            raise ValueError(f"reward value must be finite and in [-1, 1], got {self.value!r}")
-
-
-class StateStore(ABC):
-    """Durable event log, idempotent rewards and additive policy statistics."""
-
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-    #: True when several engine replicas share this store; the engine then refreshes
-    #: policy statistics from it every ``state.sync_interval_ms``.
-    shared: ClassVar[bool] = False
-    #: The option names this store accepts from ``state.options``; any other name is
-    #: refused at start-up with a ConfigError (an empty tuple accepts anything).
-    OPTIONS: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.OPTIONS)) if self.OPTIONS else []
-        if unknown:
-            raise ConfigError(
-                f"state.options: unknown {self.name} option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(self.OPTIONS)}"
-            )
-        self.options = options
-
-    async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect / create schema. Called once before use."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Flush everything pending and release resources."""
-
-    @abstractmethod
-    async def log_event(self, event: EventRecord) -> None:
-        """Store a Rank event; it must be readable by ``get_event`` once this returns."""
-
-    @abstractmethod
-    async def get_event(self, event_id: str) -> EventRecord | None:
-        """The logged event, or None when unknown (or dropped by retention)."""
-
-    @abstractmethod
-    async def record_reward(self, reward: RewardRecord, deltas: Mapping[str, StatsDelta]) -> bool:
-        """Durably record a reward and add ``deltas`` (policy name -> delta) to the stored
-        statistics, atomically and idempotently on (event_id, item_id).
-
-        Returns True when recorded, False when (event_id, item_id) was already recorded
-        (nothing applied). Raises :class:`StateUnavailableError` when it cannot make the
-        reward durable (never a false acknowledgement)."""
-
-    @abstractmethod
-    async def load_stats(self, policy: str) -> PolicyStats:
-        """The current statistics of ``policy`` (empty when none)."""
-
-    @abstractmethod
-    async def export_events(self, path: Path, fmt: str = "jsonl") -> int:
-        """Write every event with its rewards joined; return the number of events."""
-
-    async def apply_retention(self, max_age_s: float | None, max_events: int | None) -> int:
-        """Drop events older than ``max_age_s`` or beyond the newest ``max_events``;
-        return how many were dropped."""
-        return 0
-
-    async def healthy(self) -> bool:
-        return True
-
-    #: True when the store implements ``events_to_close`` / ``mark_events_closed`` (needed
-    #: for ``state.default_reward``: a reward applied when an event's window closes).
-    supports_window_close: ClassVar[bool] = False
-
-    async def events_to_close(self, before: float, limit: int) -> list[EventRecord]:
-        """Events created before ``before`` (unix seconds) not yet marked closed, oldest first."""
-        return []
-
-    async def mark_events_closed(self, event_ids: Sequence[str]) -> None:  # noqa: B027
-        """Remember that these events' reward windows were closed (idempotent)."""
-
-
-class StateUnavailableError(PluginError, UnavailableError):
-    """The state store cannot be reached or cannot make a write durable."""

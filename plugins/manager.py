@@ -2,19 +2,27 @@
 
 Built-in plugins are the modules in :data:`DEFAULT_PLUGINS`, registered with the same
 ``pm.register(module)`` a third-party plugin gets; third-party plugins come from the
-``explorank`` entry-point group. Loading happens once, lazily, on first use.
+``explorank`` entry-point group through pluggy's own ``load_setuptools_entrypoints`` (one
+entry point at a time, so one broken plugin does not stop the others), and their package
+and version from ``list_plugin_distinfo``. Loading happens once, lazily, on first use.
 
-Which external plugins load (both restrictions apply when both are given):
+Which plugins load:
 
-- ``EXPLORANK_PLUGINS=none`` or ``block_external=True`` (config ``plugins.block_external``)
-  loads no entry points at all;
-- ``EXPLORANK_PLUGINS=a,b`` or ``allow=["a", "b"]`` (config ``plugins.allow``) loads only
-  the entry points whose name or distribution name is listed.
+- ``EXPLORANK_PLUGINS=none`` or ``plugins.block_external`` loads no entry points at all;
+  ``EXPLORANK_PLUGINS=a,b`` or ``plugins.allow`` loads only the entry points whose name or
+  distribution name is listed;
+- ``EXPLORANK_PLUGINS_BLOCK=x,y`` or ``plugins.block`` blocks by name: a plugin (entry
+  point, distribution or built-in module name) is not loaded; a scorer, policy or store of
+  that name is not registered — built-ins included.
 
-A plugin that fails to import or to register is reported by name with its error in
-:attr:`PluginManager.load_errors` (and logged), not raised: one broken plugin does not
-take the server down. Two plugins registering the same name is a
-:class:`DuplicatePluginError` naming both.
+Name clashes are reported, never fatal (:attr:`PluginManager.clashes`; ``explorank
+plugins`` lists them): a third-party plugin registering the name of a built-in replaces it
+only when ``plugins.override`` lists the name (otherwise the built-in stays); two third-party
+plugins registering the same name make that name unusable until one is blocked (using it
+is a :class:`~explorank.errors.ConfigError` saying so).
+
+A plugin that fails to import or to register is reported with its error and traceback in
+:attr:`PluginManager.load_errors` (``explorank plugins -v`` prints the traceback).
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -35,15 +44,17 @@ from explorank import __version__
 from explorank.errors import ConfigError
 from explorank.plugins import hookspecs
 from explorank.plugins.api import Policy, Scorer, ScorerContext, StateStore
-from explorank.plugins.errors import DuplicatePluginError, PluginError, UnknownPluginError
+from explorank.plugins.errors import PluginError, UnknownPluginError
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ENV_VAR = "EXPLORANK_PLUGINS"
+BLOCK_ENV_VAR = "EXPLORANK_PLUGINS_BLOCK"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "explorank.plugins.builtin.scorers",
+    "explorank.plugins.builtin.scorer_mf_online",
     "explorank.plugins.builtin.policies_basic",
     "explorank.plugins.builtin.policies_counting",
     "explorank.plugins.builtin.policies_linear",
@@ -61,13 +72,22 @@ KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
         ("log_event", "get_event", "record_reward", "load_stats", "export_events"),
     ),
 }
+#: kind -> (singular, plural) for messages
+LABELS = {
+    "scorer": ("scorer", "scorers"),
+    "policy": ("policy", "policies"),
+    "store": ("state store", "state stores"),
+}
 _KIND_ALIASES = {
     "state store": "store",
     "state_store": "store",
     "stores": "store",
+    "state stores": "store",
     "scorers": "scorer",
     "policies": "policy",
 }
+#: Plugin names: letters, digits, ``_ . -``; they appear in config keys and store keys.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 def normalize_kind(kind: str) -> str:
@@ -82,6 +102,10 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _names(values: Iterable[str] | None) -> list[str]:
+    return [v.strip() for v in values or () if v and v.strip()]
+
+
 @dataclass(frozen=True)
 class PluginLoadError:
     """A plugin that could not be loaded or registered."""
@@ -89,6 +113,7 @@ class PluginLoadError:
     plugin: str  # entry-point or module name
     distribution: str | None
     error: str
+    traceback: str = ""
 
     def __str__(self) -> str:
         dist = f" (from {self.distribution})" if self.distribution else ""
@@ -105,10 +130,34 @@ class PluginInfo:
     plugin: str  # the pluggy plugin name (module or entry-point name)
     distribution: str
     version: str
+    builtin: bool = False
 
     @property
     def description(self) -> str:
         return str(getattr(self.cls, "description", "") or "")
+
+    def who(self) -> str:
+        return f"{self.plugin} ({self.distribution} {self.version})"
+
+
+@dataclass(frozen=True)
+class PluginClash:
+    """Two plugins registered the same name; ``resolution`` says what was done."""
+
+    kind: str
+    name: str
+    plugins: tuple[PluginInfo, ...]
+    resolution: str
+
+    def __str__(self) -> str:
+        who = " and ".join(p.who() for p in self.plugins)
+        return f"{LABELS[self.kind][0]} {self.name!r} is registered by {who}: {self.resolution}"
+
+
+@dataclass
+class _Registry:
+    infos: dict[str, dict[str, PluginInfo]] = field(default_factory=dict)
+    ambiguous: dict[str, dict[str, PluginClash]] = field(default_factory=dict)
 
 
 class PluginManager:
@@ -119,33 +168,42 @@ class PluginManager:
         *,
         allow: Iterable[str] | None = None,
         block_external: bool = False,
+        block: Iterable[str] = (),
+        override: Iterable[str] = (),
         default_plugins: Iterable[str] = DEFAULT_PLUGINS,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        env = os.environ if env is None else env
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
-        self.allow = None if allow is None else list(allow)
-        self.block_external = bool(block_external)
+        allow_env = env.get(ENV_VAR, "").strip()
+        self.block_external = bool(block_external) or allow_env.lower() == "none"
+        self.allow_lists = [_names(allow)] if allow is not None else []
+        if allow_env and allow_env.lower() != "none":
+            self.allow_lists.append(_names(allow_env.split(",")))
+        self.blocked_names = set(_names(block)) | set(_names(env.get(BLOCK_ENV_VAR, "").split(",")))
+        self.override = set(_names(override))
         self.default_plugins = tuple(default_plugins)
-        self._env = os.environ if env is None else env
         self.load_errors: list[PluginLoadError] = []
-        #: entry points not loaded because of the block / allow settings
+        #: plugins (entry points, modules) not loaded because of allow / block settings
         self.skipped: list[str] = []
+        #: scorers, policies and stores not registered because plugins.block names them
+        self.blocked: list[tuple[str, str]] = []
+        self.clashes: list[PluginClash] = []
+        self._builtin: set[str] = set()
         self._dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist, version)
         self._extra: list[tuple[object, str | None]] = []
-        self._registry: dict[str, dict[str, PluginInfo]] | None = None
+        self._registry: _Registry | None = None
         self._loaded = False
         self._lock = threading.RLock()
 
     # --------------------------------------------------------------- loading
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register one more plugin object (a module or an instance with hookimpls).
-
-        Used by tests and by applications embedding explorank; provenance comes from
-        the distribution that ships the plugin's top-level module, if any."""
+        """Register one more (third-party) plugin object: a module or an instance with
+        hook implementations. Used by tests and applications embedding explorank."""
         with self._lock:
             if self._loaded:
-                self._register_external(plugin, name, None)
+                self._register(plugin, name or _plugin_name(plugin))
             else:
                 self._extra.append((plugin, name))
             self._registry = None
@@ -156,83 +214,93 @@ class PluginManager:
             if self._loaded:
                 return
             for module_name in self.default_plugins:
-                self._register_builtin(module_name)
+                if self._is_blocked(module_name):
+                    self.skipped.append(module_name)
+                    continue
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as exc:
+                    if exc.name == module_name:
+                        log.debug("built-in plugin %s is not available; skipped", module_name)
+                        continue
+                    self._fail(module_name, None, exc)
+                    continue
+                except Exception as exc:
+                    self._fail(module_name, None, exc)
+                    continue
+                if self._register(module, module_name):
+                    self._builtin.add(module_name)
+                    self._dists[module_name] = ("explorank", __version__)
             for plugin, name in self._extra:
-                self._register_external(plugin, name, None)
+                name = name or _plugin_name(plugin)
+                if self._is_blocked(name):
+                    self.skipped.append(name)
+                    continue
+                self._register(plugin, name)
             self._extra.clear()
             self._load_entry_points()
             self._loaded = True
 
-    def _register_builtin(self, module_name: str) -> None:
+    def _register(self, plugin: object, name: str, dist: str | None = None) -> bool:
+        if self.pm.is_registered(plugin) or self.pm.get_plugin(name) is not None:
+            return False
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                log.debug("built-in plugin %s is not available; skipped", module_name)
-                return
-            self._fail(module_name, None, exc)
-            return
-        except Exception as exc:
-            self._fail(module_name, None, exc)
-            return
-        try:
-            self.pm.register(module, name=module_name)
-        except Exception as exc:
-            self._fail(module_name, None, exc)
-            return
-        self._dists[module_name] = ("explorank", __version__)
-
-    def _register_external(
-        self, plugin: object, name: str | None, dist: md.Distribution | None
-    ) -> None:
-        plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        dist_name = dist.metadata["Name"] if dist is not None else None
-        if self.pm.is_registered(plugin) or self.pm.get_plugin(plugin_name) is not None:
-            log.debug("plugin %s already registered; skipped", plugin_name)
-            return
-        try:
-            self.pm.register(plugin, name=plugin_name)
+            self.pm.register(plugin, name=name)
             self.pm.check_pending()
         except Exception as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            self._fail(plugin_name, dist_name, exc)
-            return
-        if dist is not None:
-            self._dists[plugin_name] = (dist_name or "unknown", dist.version)
+            self._fail(name, dist, exc)
+            return False
+        return True
+
+    def _is_blocked(self, *names: str) -> bool:
+        blocked = {_canonical(b) for b in self.blocked_names}
+        return any(_canonical(n) in blocked for n in names if n)
 
     def _entry_point_allowed(self, ep: md.EntryPoint) -> bool:
-        env = self._env.get(ENV_VAR, "").strip()
-        if self.block_external or env.lower() == "none":
+        if self.block_external:
             return False
         dist = ep.dist.metadata["Name"] if ep.dist is not None else ""
+        if self._is_blocked(ep.name, dist):
+            return False
         names = {_canonical(ep.name), _canonical(dist)} if dist else {_canonical(ep.name)}
-        lists = [self.allow] if self.allow is not None else []
-        if env:
-            lists.append([a for a in env.split(",") if a.strip()])
-        return all(names & {_canonical(a.strip()) for a in allowed} for allowed in lists)
+        return all(names & {_canonical(a) for a in allowed} for allowed in self.allow_lists)
 
     def _load_entry_points(self) -> None:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.metadata["Name"] if ep.dist is not None else None
             if not self._entry_point_allowed(ep):
                 self.skipped.append(ep.name)
+                self.pm.set_blocked(ep.name)
                 log.info(
-                    "plugin %s not loaded (%s / plugins.allow / plugins.block_external)",
+                    "plugin %s not loaded (%s / %s / plugins.allow / plugins.block)",
                     ep.name,
                     ENV_VAR,
+                    BLOCK_ENV_VAR,
                 )
                 continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:
-                self._fail(ep.name, ep.dist.metadata["Name"] if ep.dist else None, exc)
+            if self.pm.get_plugin(ep.name) is not None:
                 continue
-            self._register_external(plugin, ep.name, ep.dist)
+            try:
+                self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+                self.pm.check_pending()
+            except Exception as exc:
+                loaded = self.pm.get_plugin(ep.name)
+                if loaded is not None:
+                    self.pm.unregister(loaded)
+                self._fail(ep.name, dist, exc)
+        for plugin, info in self.pm.list_plugin_distinfo():
+            name = self.pm.get_name(plugin)
+            if name is not None:
+                self._dists[name] = (str(info.project_name), str(info.version))
 
     def _fail(self, plugin: str, dist: str | None, exc: BaseException) -> None:
-        err = PluginLoadError(plugin, dist, f"{type(exc).__name__}: {exc}")
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        err = PluginLoadError(plugin, dist, f"{type(exc).__name__}: {exc}", tb)
         self.load_errors.append(err)
         log.warning("plugin %s failed to load and is ignored: %s", plugin, err.error)
+        log.debug("traceback of plugin %s:\n%s", plugin, tb)
 
     # ---------------------------------------------------------- provenance
     def _provenance_of(self, plugin_name: str, plugin: object) -> tuple[str, str]:
@@ -252,51 +320,87 @@ class PluginManager:
         return (module, "unknown")
 
     # -------------------------------------------------------- registration
-    def _collect(self) -> dict[str, dict[str, PluginInfo]]:
+    def _collect(self) -> _Registry:
         with self._lock:
             if self._registry is not None:
                 return self._registry
             self.load()
-            registry: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
+            self.blocked, self.clashes = [], []
+            reg = _Registry({k: {} for k in KINDS}, {k: {} for k in KINDS})
             for kind, (hook_name, _, _) in KINDS.items():
                 caller = getattr(self.pm.hook, hook_name)
-                # Call every implementation separately to attribute each class to its plugin.
-                for impl in caller.get_hookimpls():
+                # Built-ins first (pluggy calls later registrations first), then third
+                # parties, so a clash always finds the built-in already in place.
+                impls = sorted(
+                    caller.get_hookimpls(), key=lambda i: i.plugin_name not in self._builtin
+                )
+                for impl in impls:
                     plugin_name = impl.plugin_name
                     dist, version = self._provenance_of(plugin_name, impl.plugin)
-                    register = self._make_register(registry[kind], kind, plugin_name, dist, version)
+                    builtin = plugin_name in self._builtin
+                    register = self._make_register(
+                        reg, kind, PluginInfo(kind, "", object, plugin_name, dist, version, builtin)
+                    )
                     try:
                         impl.function(**{a: register for a in impl.argnames})
-                    except DuplicatePluginError:
-                        raise
                     except Exception as exc:
                         self._fail(plugin_name, dist, exc)
-            self._registry = registry
-            return registry
+            self._registry = reg
+            return reg
 
-    def _make_register(
-        self, table: dict[str, PluginInfo], kind: str, plugin: str, dist: str, version: str
-    ) -> Callable[..., None]:
+    def _make_register(self, reg: _Registry, kind: str, origin: PluginInfo) -> Callable[..., None]:
+        table, ambiguous = reg.infos[kind], reg.ambiguous[kind]
+
         def register(cls: type, **_: Any) -> None:
             problem = self._invalid(kind, cls)
             if problem:
-                self._fail(
-                    plugin, dist, PluginError(f"cannot register {cls!r} as a {kind}: {problem}")
-                )
+                err = PluginError(f"cannot register {cls!r} as a {LABELS[kind][0]}: {problem}")
+                self._fail(origin.plugin, origin.distribution, err)
                 return
-            name = str(getattr(cls, "name", ""))
-            info = PluginInfo(kind, name, cls, plugin, dist, version)
-            other = table.get(name)
-            if other is not None:
-                if other.cls is cls and other.plugin == plugin:
-                    return
-                raise DuplicatePluginError(
-                    f"two plugins register a {kind} named {name!r}: {_who(other)} and {_who(info)}; "
-                    f"uninstall or block one of them ({ENV_VAR}=<allowed,names> or plugins.allow)"
-                )
-            table[name] = info
+            name = str(cls.name)  # type: ignore[attr-defined]
+            info = PluginInfo(
+                kind, name, cls, origin.plugin, origin.distribution, origin.version, origin.builtin
+            )
+            if self._is_blocked(name):
+                self.blocked.append((kind, name))
+                return
+            other = table.get(name) or next(iter(ambiguous.get(name, _NO_CLASH).plugins), None)
+            if other is None:
+                table[name] = info
+                return
+            if other.cls is cls and other.plugin == info.plugin:
+                return
+            self._clash(reg, kind, name, other, info)
 
         return register
+
+    def _clash(
+        self, reg: _Registry, kind: str, name: str, first: PluginInfo, second: PluginInfo
+    ) -> None:
+        table, ambiguous = reg.infos[kind], reg.ambiguous[kind]
+        if first.builtin != second.builtin:
+            builtin, external = (first, second) if first.builtin else (second, first)
+            if name in self.override:
+                table[name] = external
+                how = f"{external.plugin}'s replaces the built-in (plugins.override)"
+            else:
+                table[name] = builtin
+                how = (
+                    f"the built-in is used; set plugins.override = [{name!r}] to use "
+                    f"{external.plugin}'s, or plugins.block = [{external.plugin!r}] to hide it"
+                )
+            self.clashes.append(PluginClash(kind, name, (builtin, external), how))
+            return
+        table.pop(name, None)
+        previous = ambiguous.get(name)
+        plugins = (*previous.plugins, second) if previous else (first, second)
+        how = (
+            f"neither is used; block all but one (plugins.block = [{second.plugin!r}] or "
+            f"{BLOCK_ENV_VAR}={second.plugin})"
+        )
+        clash = PluginClash(kind, name, plugins, how)
+        ambiguous[name] = clash
+        self.clashes = [c for c in self.clashes if (c.kind, c.name) != (kind, name)] + [clash]
 
     @staticmethod
     def _invalid(kind: str, cls: Any) -> str | None:
@@ -304,8 +408,11 @@ class PluginManager:
         if not isinstance(cls, type):
             return "register() takes a class, not an instance"
         name = getattr(cls, "name", None)
-        if not isinstance(name, str) or not name.strip():
-            return "the class needs a non-empty string attribute 'name'"
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            return (
+                "the class needs a string attribute 'name' of letters, digits, '_', '.' or "
+                f"'-' (at most 64, starting with a letter or digit), got {name!r}"
+            )
         if issubclass(cls, base):
             return None
         missing = [a for a in required if not callable(getattr(cls, a, None))]
@@ -315,7 +422,7 @@ class PluginManager:
 
     # ------------------------------------------------------------ accessors
     def infos(self, kind: str) -> dict[str, PluginInfo]:
-        return dict(self._collect()[normalize_kind(kind)])
+        return dict(self._collect().infos[normalize_kind(kind)])
 
     def scorer_classes(self) -> dict[str, type[Scorer]]:
         return {n: i.cls for n, i in self.infos("scorer").items()}
@@ -327,11 +434,15 @@ class PluginManager:
         return {n: i.cls for n, i in self.infos("store").items()}
 
     def get_class(self, kind: str, name: str) -> type:
-        table = self.infos(kind)
-        info = table.get(name)
-        if info is None:
-            raise UnknownPluginError(_KIND_LABEL[normalize_kind(kind)], name, list(table))
-        return info.cls
+        kind = normalize_kind(kind)
+        reg = self._collect()
+        info = reg.infos[kind].get(name)
+        if info is not None:
+            return info.cls
+        clash = reg.ambiguous[kind].get(name)
+        if clash is not None:
+            raise ConfigError(str(clash))
+        raise UnknownPluginError(LABELS[kind][0], name, list(reg.infos[kind]))
 
     def get_scorer_class(self, name: str) -> type[Scorer]:
         return self.get_class("scorer", name)
@@ -349,7 +460,7 @@ class PluginManager:
         return _construct("policy", name, self.get_policy_class(name), (), params)
 
     def create_store(self, name: str, **options: Any) -> StateStore:
-        return _construct("state store", name, self.get_store_class(name), (), options)
+        return _construct("store", name, self.get_store_class(name), (), options)
 
     def provenance(self, kind: str, name: str) -> tuple[str, str]:
         """(distribution name, version) of the package that registered ``name``."""
@@ -363,15 +474,17 @@ class PluginManager:
         try:
             self.get_class(kind, name)
         except UnknownPluginError as exc:
-            label = _KIND_LABEL[normalize_kind(kind)]
+            singular, plural = LABELS[normalize_kind(kind)]
             msg = (
-                f"the configured {label} {name!r} is not registered; registered "
-                f"{label}s: {', '.join(sorted(exc.known)) or 'none'}"
+                f"the configured {singular} {name!r} is not registered; registered "
+                f"{plural}: {', '.join(sorted(exc.known)) or 'none'}"
             )
+            if (normalize_kind(kind), name) in self.blocked:
+                msg += f"; {name!r} is blocked by plugins.block / {BLOCK_ENV_VAR}"
             if self.load_errors:
                 msg += "; plugins that failed to load: " + "; ".join(map(str, self.load_errors))
             if self.skipped:
-                msg += f"; blocked by {ENV_VAR}/plugins settings: {', '.join(self.skipped)}"
+                msg += f"; not loaded ({ENV_VAR} / plugins settings): {', '.join(self.skipped)}"
             raise ConfigError(
                 msg + ". Install the plugin that provides it or fix the setting."
             ) from exc
@@ -393,17 +506,19 @@ class PluginManager:
                 log.exception("plugin %s raised in %s", impl.plugin_name, hook_name)
 
 
-_KIND_LABEL = {"scorer": "scorer", "policy": "policy", "store": "state store"}
+_NO_CLASH = PluginClash("scorer", "", (), "")
 
 
-def _who(info: PluginInfo) -> str:
-    return f"{info.plugin} ({info.distribution} {info.version})"
+def _plugin_name(plugin: object) -> str:
+    return str(getattr(plugin, "__name__", None) or repr(plugin))
 
 
 def _construct(
-    label: str, name: str, cls: type, args: tuple[Any, ...], params: dict[str, Any]
+    kind: str, name: str, cls: type, args: tuple[Any, ...], params: dict[str, Any]
 ) -> Any:
     try:
         return cls(*args, **params)
     except TypeError as exc:
-        raise ConfigError(f"{label} {name!r}: invalid parameters {sorted(params)}: {exc}") from exc
+        raise ConfigError(
+            f"{LABELS[kind][0]} {name!r}: invalid parameters {sorted(params)}: {exc}"
+        ) from exc

@@ -16,7 +16,7 @@ from explorank import __version__, hookimpl
 from explorank.engine.cli import main as cli_main
 from explorank.errors import ConfigError
 from explorank.plugins.api import Policy, RankContext, Ranking
-from explorank.plugins.errors import DuplicatePluginError, UnknownPluginError
+from explorank.plugins.errors import UnknownPluginError
 from explorank.plugins.manager import DEFAULT_PLUGINS, PluginManager
 
 BUILTIN_POLICIES = {"greedy", "epsilon_greedy", "softmax", "ucb1", "thompson", "linucb", "lin_ts"}
@@ -148,22 +148,55 @@ def test_block_and_allow(
     assert set(pm.policy_classes()) >= BUILTIN_POLICIES
 
 
-def test_duplicate_name_error_names_both_providers() -> None:
+def test_clash_with_a_builtin_keeps_the_builtin_and_is_reported() -> None:
     pm = PluginManager(block_external=True)
     pm.register(_policy_module("acme_bandits", "softmax"))
-    with pytest.raises(DuplicatePluginError) as info:
-        pm.policy_classes()
-    msg = str(info.value)
-    assert "'softmax'" in msg
+    classes = pm.policy_classes()  # no exception: the clash is reported, not fatal
+    assert classes["softmax"].__module__ == "explorank.plugins.builtin.policies_basic"
+    (clash,) = pm.clashes
+    assert clash.kind == "policy" and clash.name == "softmax"
+    msg = str(clash)
     assert "explorank.plugins.builtin.policies_basic" in msg and "acme_bandits" in msg
+    assert "plugins.override = ['softmax']" in msg
 
 
-def test_duplicate_between_two_third_party_plugins() -> None:
+def test_override_lets_a_third_party_plugin_replace_a_builtin() -> None:
+    pm = PluginManager(block_external=True, override=["softmax"])
+    pm.register(_policy_module("acme_bandits", "softmax"))
+    assert pm.policy_classes()["softmax"].__module__ != "explorank.plugins.builtin.policies_basic"
+    assert pm.provenance("policy", "softmax")[0] == "acme_bandits"
+    assert "replaces the built-in" in str(pm.clashes[0])
+
+
+def test_blocking_a_builtin_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = PluginManager(block_external=True, block=["softmax"])
+    pm.register(_policy_module("acme_bandits", "softmax"))
+    assert "softmax" not in pm.policy_classes()  # every registration of the name
+    assert pm.clashes == [] and ("policy", "softmax") in pm.blocked
+    assert "greedy" in pm.policy_classes()  # the rest of the built-in module stays
+    monkeypatch.setenv("EXPLORANK_PLUGINS_BLOCK", "ucb1, thompson")
+    env_blocked = PluginManager(block_external=True)
+    assert not {"ucb1", "thompson"} & set(env_blocked.policy_classes())
+    with pytest.raises(ConfigError, match="blocked"):
+        env_blocked.require("policy", "ucb1")
+    whole_module = PluginManager(
+        block_external=True, block=["explorank.plugins.builtin.policies_linear"]
+    )
+    assert not {"linucb", "lin_ts"} & set(whole_module.policy_classes())
+    assert "explorank.plugins.builtin.policies_linear" in whole_module.skipped
+
+
+def test_clash_between_two_third_party_plugins_makes_the_name_unusable() -> None:
     pm = PluginManager(block_external=True)
     pm.register(_policy_module("first_pkg", "shared_name"))
     pm.register(_policy_module("second_pkg", "shared_name"))
-    with pytest.raises(DuplicatePluginError, match="first_pkg.*second_pkg"):
-        pm.policy_classes()
+    assert "shared_name" not in pm.policy_classes()
+    with pytest.raises(ConfigError, match="first_pkg.*second_pkg.*neither is used"):
+        pm.create_policy("shared_name")
+    resolved = PluginManager(block_external=True, block=["second_pkg"])
+    resolved.register(_policy_module("first_pkg", "shared_name"))
+    resolved.register(_policy_module("second_pkg", "shared_name"))
+    assert resolved.provenance("policy", "shared_name")[0] == "first_pkg"
 
 
 def test_register_after_load_is_visible() -> None:
@@ -218,7 +251,7 @@ def test_invalid_registration_reported_not_raised() -> None:
     assert "not_a_policy" not in names and "" not in names
     errors = [e for e in pm.load_errors if e.plugin == "sloppy_plugin"]
     assert len(errors) == 3
-    assert any("non-empty" in e.error for e in errors)
+    assert any("string attribute 'name'" in e.error for e in errors)
     assert any("missing rank, update" in e.error for e in errors)
 
 

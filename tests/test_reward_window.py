@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from explorank.engine.bundle import load_bundle
+from explorank.engine.decision import ITEM_STATS
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 from tests.server_harness import ThreadServer, make_config
 
@@ -41,13 +42,16 @@ def test_default_reward_applied_once_when_the_window_closes(
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
         assert "window" in exc.value.details()  # type: ignore[attr-defined]
 
-        assert srv.run(srv.engine.close_windows()) == 2  # the two unrewarded items
-        assert srv.run(srv.engine.close_windows()) == 0  # closed events are not visited again
-        stats = srv.engine.stats["ucb1"]
+        assert srv.run(srv.engine.feedback.close_windows()) == 2  # the two unrewarded items
+        assert srv.run(srv.engine.feedback.close_windows()) == 0  # closed events are not visited again
+        # the policy-independent per-item statistics ([count, reward_sum]) learn every reward
+        stats = srv.engine.decider.stats[ITEM_STATS]
         assert stats.items[shown[0]].tolist() == [1.0, 1.0]  # the client's reward, not the default
         assert stats.items[shown[1]].tolist() == [1.0, -0.5]
         assert stats.items[shown[2]].tolist() == [1.0, -0.5]
-        durable = srv.run(srv.engine.store.load_stats("ucb1"))
+        # ucb1 did not rank this event (epsilon_greedy did): it learns only its own events
+        assert srv.engine.decider.stats["ucb1"].items == {}
+        durable = srv.run(srv.engine.store.load_stats(ITEM_STATS))
         assert {k: v.tolist() for k, v in durable.items.items()} == {
             k: v.tolist() for k, v in stats.items.items()
         }

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 
 from explorank.errors import BundleError, ConfigError, InvalidArgumentError
-from explorank.plugins.api import ScorerContext
+from explorank.plugins.api import ScoreContext, ScorerContext
 from explorank.plugins.builtin.scorers import MFScorer, NeuralScorer
 from explorank.plugins.manager import PluginManager
 
 D = 16
+
+
+def ctx_of(user: np.ndarray, items: np.ndarray) -> ScoreContext:
+    return ScoreContext(user, [f"i{j}" for j in range(items.shape[0])], items)
 
 
 def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -88,7 +92,7 @@ def test_mf_matches_reference(tmp_path: Path, data: tuple[np.ndarray, np.ndarray
     u, v = data
     pu, pv = write_mf(tmp_path / "head_mf.npz", np.random.default_rng(1))
     ctx = ScorerContext(embedding_dim=D, heads={"mf": {"path": str(tmp_path / "head_mf.npz")}})
-    scores = MFScorer(ctx).score(u, v)
+    scores = MFScorer(ctx).score(ctx_of(u, v))
     reference = np.array([(u @ pu) @ (row @ pv) for row in v])
     assert scores.dtype == np.float32 and scores.shape == (257,)
     np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-4)
@@ -111,7 +115,7 @@ def test_mf_without_head_is_cosine(
         scorer = MFScorer(ScorerContext(embedding_dim=D))
     assert "cosine" in caplog.text
     scaled = v * np.arange(1, 258, dtype=np.float32)[:, None]  # not unit norm
-    np.testing.assert_allclose(scorer.score(2.0 * u, scaled), v @ u, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scorer.score(ctx_of(2.0 * u, scaled)), v @ u, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -134,10 +138,10 @@ def test_scorer_input_validation(data: tuple[np.ndarray, np.ndarray]) -> None:
     u, v = data
     scorer = MFScorer(ScorerContext(embedding_dim=D))
     with pytest.raises(InvalidArgumentError, match="user_embedding"):
-        scorer.score(u[:-1], v)
+        scorer.score(ctx_of(u[:-1], v))
     with pytest.raises(InvalidArgumentError, match="item_embeddings"):
-        scorer.score(u, v[:, :-1])
-    assert scorer.score(u, v[:0]).shape == (0,)
+        scorer.score(ctx_of(u, v[:, :-1]))
+    assert scorer.score(ctx_of(u, v[:0])).shape == (0,)
     with pytest.raises(ConfigError, match="unknown parameter"):
         MFScorer(ScorerContext(embedding_dim=D), rank=3)
 
@@ -160,7 +164,7 @@ def test_neural_mlp_head_matches_reference(
     scorer = NeuralScorer(ctx, chunk_size=chunk_size)
     feats = np.concatenate([np.broadcast_to(u, v.shape), v, u * v], axis=1).astype(np.float64)
     reference = np.maximum(feats @ w1 + b1, 0.0) @ w2 + b2
-    scores = scorer.score(u, v)
+    scores = scorer.score(ctx_of(u, v))
     assert scores.dtype == np.float32 and scores.shape == (257,)
     np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(NeuralScorer.features(u, v[:3]), feats[:3].astype(np.float32))
@@ -179,7 +183,7 @@ def test_neural_untrained_default_head_is_scaled_dot(
         embedding_dim=D,
         heads={"neural": {"path": str(tmp_path / "head.onnx"), "input": "x", "output": "y"}},
     )
-    scores = NeuralScorer(ctx, chunk_size=100).score(u, v)
+    scores = NeuralScorer(ctx, chunk_size=100).score(ctx_of(u, v))
     np.testing.assert_allclose(scores, scale * (v @ u), rtol=1e-5, atol=1e-5)
     assert np.array_equal(np.argsort(-scores, kind="stable"), np.argsort(-(v @ u), kind="stable"))
 
@@ -210,5 +214,5 @@ def test_scorers_created_through_manager(
     ctx = ScorerContext(embedding_dim=D, heads={"neural": {"path": str(tmp_path / "head.onnx")}})
     neural = pm.create_scorer("neural", ctx, chunk_size=64)
     expected = (u.sum() + v.sum(axis=1) + v @ u).astype(np.float32)
-    np.testing.assert_allclose(neural.score(u, v), expected, rtol=1e-4, atol=1e-4)
-    assert pm.create_scorer("mf", ctx).score(u, v).shape == (257,)
+    np.testing.assert_allclose(neural.score(ctx_of(u, v)), expected, rtol=1e-4, atol=1e-4)
+    assert pm.create_scorer("mf", ctx).score(ctx_of(u, v)).shape == (257,)

@@ -242,7 +242,7 @@ def test_concurrent_requests_get_their_own_results(
             return {i.item_id: i.score for i in r.items}
 
         serial = {c: call(c) for c in contexts}
-        srv.engine.user_cache.clear()
+        srv.engine.embedder.user_cache.clear()
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
             concurrent_results = dict(zip(contexts, pool.map(call, contexts), strict=True))
         summary = srv.engine.metrics.batching_summary()
@@ -318,7 +318,7 @@ def test_expired_deadline_is_deadline_exceeded(
     from explorank.engine.requests import RankInput
     from explorank.errors import DeadlineExceededError
 
-    before = srv.engine.batcher.stats.requests
+    before = srv.engine.embedder.batcher.stats.requests
     with pytest.raises(DeadlineExceededError) as exc:
         srv.run(
             srv.engine.rank(
@@ -326,7 +326,7 @@ def test_expired_deadline_is_deadline_exceeded(
             )
         )
     assert status_for(exc.value) == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert srv.engine.batcher.stats.requests == before  # nothing was computed
+    assert srv.engine.embedder.batcher.stats.requests == before  # nothing was computed
     assert len(stub.Rank(ranker_pb2.RankRequest(context_text="in time"), timeout=10).items) > 0
 
 
@@ -335,17 +335,13 @@ def test_scoring_heads_get_real_onnxruntime_providers(srv: ThreadServer) -> None
     know: heads must get ORT provider names (CPU here, CUDA EP on a GPU)."""
     import onnxruntime as ort
 
-    engine = srv.engine
-    assert engine._head_providers() == ("CPUExecutionProvider",)
-    real = engine.backend
-    try:
+    from explorank.engine.pipeline import head_providers
 
-        class FakeTensorRT:
-            provider = "TensorRT"
+    assert head_providers(srv.engine.backend) == ("CPUExecutionProvider",)
 
-        engine.backend = FakeTensorRT()
-        providers = engine._head_providers()
-    finally:
-        engine.backend = real
+    class FakeTensorRT:
+        provider = "TensorRT"
+
+    providers = head_providers(FakeTensorRT())
     assert set(providers) <= set(ort.get_available_providers())
     assert providers[-1] == "CPUExecutionProvider" and "TensorRT" not in providers

@@ -8,12 +8,9 @@ over candidates; the only Python loops run over positions (``top_k``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
-from explorank.errors import ConfigError, InvalidArgumentError
+from explorank.errors import InvalidArgumentError
 from explorank.plugins.api import RankContext, Ranking
 
 #: Relative logits (logit - max logit) are floored here. Keeping |logit| <= 1e9 keeps
@@ -195,43 +192,3 @@ def slate_from_samples(
                 ptr[stale] += 1
                 stale = stale[taken[top_items[stale, ptr[stale]]]]
     return order, props
-
-
-# ----------------------------------------------------------------- parameters
-
-
-def param(
-    policy: str,
-    params: dict[str, Any],
-    key: str,
-    default: float,
-    check: Callable[[float], bool],
-    requirement: str,
-    *,
-    integer: bool = False,
-) -> Any:
-    """Read and validate one numeric policy parameter (pops it from ``params``)."""
-    raw = params.pop(key, default)
-    try:
-        if isinstance(raw, bool):
-            raise TypeError
-        value: Any = int(raw) if integer else float(raw)
-        if integer and float(raw) != value:
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"ranking.policies.{policy}.{key}: expected {'an integer' if integer else 'a number'}, "
-            f"got {raw!r}"
-        ) from None
-    if not np.isfinite(value) or not check(value):
-        raise ConfigError(f"ranking.policies.{policy}.{key}: must be {requirement}, got {raw!r}")
-    return value
-
-
-def reject_unknown(policy: str, params: dict[str, Any], known: tuple[str, ...]) -> None:
-    """Fail on parameters the policy does not take (a typo in config)."""
-    if params:
-        raise ConfigError(
-            f"ranking.policies.{policy}: unknown parameter(s) {sorted(params)}; "
-            f"{policy} takes {', '.join(known) or 'no parameters'}"
-        )

@@ -7,19 +7,17 @@ their propensities depend only on the scores and the request's seeded generator.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from explorank.plugins.api import Policy, RankContext, Ranking
+from explorank.plugins.api import PluginParams, Policy, RankContext, Ranking
 from explorank.plugins.builtin._sampling import (
     MIN_PROPENSITY,
     checked_scores,
     deterministic_ranking,
     greedy_topk,
-    param,
     plackett_luce,
-    reject_unknown,
     slate_size,
 )
 from explorank.plugins.hookspecs import hookimpl
@@ -32,9 +30,8 @@ class GreedyPolicy(Policy):
     name = "greedy"
     description = "sort by score (ties by index); propensity 1"
 
-    def __init__(self, **params: Any) -> None:
-        reject_unknown(self.name, dict(params), ())
-        super().__init__(**params)
+    class Params(PluginParams):
+        """No parameters."""
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores = checked_scores(ctx)
@@ -52,13 +49,12 @@ class EpsilonGreedyPolicy(Policy):
     name = "epsilon_greedy"
     description = "per position: uniform pick with probability epsilon, else best remaining"
 
-    def __init__(self, **params: Any) -> None:
-        p = dict(params)
-        self.epsilon: float = param(
-            self.name, p, "epsilon", 0.1, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"
-        )
-        reject_unknown(self.name, p, ("epsilon",))
-        super().__init__(**params)
+    class Params(PluginParams):
+        epsilon: float = Field(0.1, ge=0.0, le=1.0, description="exploration probability")
+
+    @property
+    def epsilon(self) -> float:
+        return float(self.params.epsilon)
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores = checked_scores(ctx)
@@ -107,11 +103,14 @@ class SoftmaxPolicy(Policy):
     name = "softmax"
     description = "Plackett-Luce sampling with P ∝ exp(score / temperature)"
 
-    def __init__(self, **params: Any) -> None:
-        p = dict(params)
-        self.temperature: float = param(self.name, p, "temperature", 0.1, lambda v: v > 0.0, "> 0")
-        reject_unknown(self.name, p, ("temperature",))
-        super().__init__(**params)
+    class Params(PluginParams):
+        temperature: float = Field(
+            0.1, gt=0.0, allow_inf_nan=False, description="logits are score / temperature"
+        )
+
+    @property
+    def temperature(self) -> float:
+        return float(self.params.temperature)
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores = checked_scores(ctx)

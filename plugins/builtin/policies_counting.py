@@ -9,11 +9,12 @@ prior, so a new item starts where the encoder puts it and moves with its rewards
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from explorank.plugins.api import (
+    PluginParams,
     Policy,
     PolicyStats,
     RankContext,
@@ -24,8 +25,6 @@ from explorank.plugins.api import (
 from explorank.plugins.builtin._sampling import (
     checked_scores,
     greedy_topk,
-    param,
-    reject_unknown,
     sample_pool,
     slate_from_samples,
     slate_size,
@@ -66,15 +65,20 @@ class UCB1Policy(Policy):
     description = "UCB1 on per-item reward statistics with the score as prior; propensity 1"
     stateful = True
 
-    def __init__(self, **params: Any) -> None:
-        p = dict(params)
-        self.c: float = param(self.name, p, "c", 1.0, lambda v: v >= 0.0, ">= 0")
-        self.prior_weight: float = param(
-            self.name, p, "prior_weight", 1.0, lambda v: v >= 0.0, ">= 0"
+    class Params(PluginParams):
+        c: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="exploration bonus scale")
+        prior_weight: float = Field(
+            1.0, ge=0.0, allow_inf_nan=False, description="pseudo-observations of the prior"
         )
-        self.prior_scale: float = param(self.name, p, "prior_scale", 1.0, lambda v: v > 0.0, "> 0")
-        reject_unknown(self.name, p, ("c", "prior_weight", "prior_scale"))
+        prior_scale: float = Field(
+            1.0, gt=0.0, allow_inf_nan=False, description="prior mean = tanh(score / prior_scale)"
+        )
+
+    def __init__(self, **params: object) -> None:
         super().__init__(**params)
+        self.c = float(self.params.c)
+        self.prior_weight = float(self.params.prior_weight)
+        self.prior_scale = float(self.params.prior_scale)
 
     def estimates(self, ctx: RankContext) -> tuple[np.ndarray, np.ndarray]:
         """(mean, index) of every candidate."""
@@ -122,33 +126,25 @@ class ThompsonPolicy(Policy):
     description = "Beta-Bernoulli Thompson sampling per item with the score as prior"
     stateful = True
 
-    def __init__(self, **params: Any) -> None:
-        p = dict(params)
-        self.prior_strength: float = param(
-            self.name, p, "prior_strength", 4.0, lambda v: v > 0.0, "> 0"
+    class Params(PluginParams):
+        prior_strength: float = Field(
+            4.0, gt=0.0, allow_inf_nan=False, description="pseudo-observations of the prior"
         )
-        self.prior_temperature: float = param(
-            self.name, p, "prior_temperature", 0.25, lambda v: v > 0.0, "> 0"
+        prior_temperature: float = Field(
+            0.25, gt=0.0, allow_inf_nan=False, description="p0 = sigmoid(score / temperature)"
         )
-        self.samples: int = param(
-            self.name,
-            p,
-            "samples",
-            64,
-            lambda v: 1 <= v <= 100_000,
-            "in [1, 100000]",
-            integer=True,
-        )
-        self.gamma: float = param(
-            self.name, p, "gamma", 0.01, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"
-        )
-        self.pool_size: int = param(
-            self.name, p, "pool_size", 512, lambda v: v >= 1, ">= 1", integer=True
-        )
-        reject_unknown(
-            self.name, p, ("prior_strength", "prior_temperature", "samples", "gamma", "pool_size")
-        )
+        samples: int = Field(64, ge=1, le=100_000, description="posterior draws per Rank")
+        gamma: float = Field(0.01, ge=0.0, le=1.0, description="uniform mixing per position")
+        pool_size: int = Field(512, ge=1, description="most optimistic candidates sampled")
+
+    def __init__(self, **params: object) -> None:
         super().__init__(**params)
+        p = self.params
+        self.prior_strength = float(p.prior_strength)
+        self.prior_temperature = float(p.prior_temperature)
+        self.samples = int(p.samples)
+        self.gamma = float(p.gamma)
+        self.pool_size = int(p.pool_size)
 
     def posterior(self, ctx: RankContext) -> tuple[np.ndarray, np.ndarray]:
         """Beta posterior (alpha, beta) of every candidate."""

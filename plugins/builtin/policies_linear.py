@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from explorank.errors import InvalidArgumentError
 from explorank.plugins.api import (
+    PluginParams,
     Policy,
     PolicyStats,
     RankContext,
@@ -36,8 +37,6 @@ from explorank.plugins.builtin._sampling import (
     checked_scores,
     deterministic_ranking,
     greedy_topk,
-    param,
-    reject_unknown,
     sample_pool,
     slate_from_samples,
     slate_size,
@@ -67,33 +66,34 @@ class LinearPosterior:
         return self.factor
 
 
+class LinearParams(PluginParams):
+    """Parameters shared by ``linucb`` and ``lin_ts``."""
+
+    ridge: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="ridge λ (A + λI)")
+    dim: int = Field(
+        32, ge=0, le=4096, description="projected feature size (0 = the raw u⊙v features)"
+    )
+    prior_weight: float = Field(
+        1.0, ge=0.0, allow_inf_nan=False, description="weight of the scorer's score"
+    )
+    projection_seed: int = Field(0, ge=0, description="seed of the fixed Gaussian projection")
+
+
 class _LinearPolicy(Policy):
     """Shared features, statistics and posterior cache of ``linucb`` and ``lin_ts``."""
 
     stateful = True
-    _extra_params: tuple[str, ...] = ()
+    Params: type[LinearParams] = LinearParams  # type: ignore[assignment]
 
-    def __init__(self, **params: Any) -> None:
-        p = dict(params)
-        n = self.name
-        self.ridge: float = param(n, p, "ridge", 1.0, lambda v: v > 0.0, "> 0")
-        self.dim: int = param(
-            n, p, "dim", 32, lambda v: 0 <= v <= 4096, "in [0, 4096]", integer=True
-        )
-        self.prior_weight: float = param(n, p, "prior_weight", 1.0, lambda v: v >= 0.0, ">= 0")
-        self.projection_seed: int = param(
-            n, p, "projection_seed", 0, lambda v: v >= 0, ">= 0", integer=True
-        )
-        self._read_params(p)
-        reject_unknown(
-            n, p, ("ridge", "dim", "prior_weight", "projection_seed", *self._extra_params)
-        )
+    def __init__(self, **params: object) -> None:
         super().__init__(**params)
+        p = self.params
+        self.ridge = float(p.ridge)
+        self.dim = int(p.dim)
+        self.prior_weight = float(p.prior_weight)
+        self.projection_seed = int(p.projection_seed)
         self._projections: dict[int, np.ndarray] = {}
         self._cache: LinearPosterior | None = None
-
-    def _read_params(self, p: dict[str, Any]) -> None:
-        """Subclasses read their own parameters here (popping them from ``p``)."""
 
     # ------------------------------------------------------------------ features
     def feature_dim(self, d: int) -> int:
@@ -235,10 +235,13 @@ class LinUCBPolicy(_LinearPolicy):
 
     name = "linucb"
     description = "LinUCB on projected u⊙v embedding features (neural-linear); propensity 1"
-    _extra_params = ("alpha",)
 
-    def _read_params(self, p: dict[str, Any]) -> None:
-        self.alpha: float = param(self.name, p, "alpha", 1.0, lambda v: v >= 0.0, ">= 0")
+    class Params(LinearParams):
+        alpha: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="confidence width")
+
+    @property
+    def alpha(self) -> float:
+        return float(self.params.alpha)
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores, x, post, k = self._prepare(ctx)
@@ -259,16 +262,22 @@ class LinTSPolicy(_LinearPolicy):
 
     name = "lin_ts"
     description = "linear Thompson sampling on projected u⊙v embedding features (neural-linear)"
-    _extra_params = ("posterior_scale", "samples", "gamma", "pool_size")
 
-    def _read_params(self, p: dict[str, Any]) -> None:
-        n = self.name
-        self.posterior_scale: float = param(n, p, "posterior_scale", 1.0, lambda v: v > 0.0, "> 0")
-        self.samples: int = param(
-            n, p, "samples", 64, lambda v: 1 <= v <= 100_000, "in [1, 100000]", integer=True
+    class Params(LinearParams):
+        posterior_scale: float = Field(
+            1.0, gt=0.0, allow_inf_nan=False, description="scale v of the posterior covariance"
         )
-        self.gamma: float = param(n, p, "gamma", 0.01, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
-        self.pool_size: int = param(n, p, "pool_size", 512, lambda v: v >= 1, ">= 1", integer=True)
+        samples: int = Field(64, ge=1, le=100_000, description="posterior draws per Rank")
+        gamma: float = Field(0.01, ge=0.0, le=1.0, description="uniform mixing per position")
+        pool_size: int = Field(512, ge=1, description="most optimistic candidates sampled")
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        p = self.params
+        self.posterior_scale = float(p.posterior_scale)
+        self.samples = int(p.samples)
+        self.gamma = float(p.gamma)
+        self.pool_size = int(p.pool_size)
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores, x, post, k = self._prepare(ctx)

@@ -1,20 +1,22 @@
 """Built-in scorers: ``mf`` (projected dot products) and ``neural`` (ONNX head).
 
 Both score all candidates of a request in one vectorized call. onnxruntime is
-imported only when a ``neural`` scorer is constructed.
+imported only when a ``neural`` scorer is constructed. The learning scorer ``mf_online``
+lives in :mod:`explorank.plugins.builtin.scorer_mf_online`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from explorank.errors import BundleError, ConfigError, InvalidArgumentError
-from explorank.plugins.api import Scorer, ScorerContext
+from explorank.errors import BundleError, InvalidArgumentError
+from explorank.plugins.api import PluginParams, ScoreContext, Scorer, ScorerContext
 from explorank.plugins.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,7 @@ def _check_inputs(user: np.ndarray, items: np.ndarray, dim: int) -> tuple[np.nda
     return user, items
 
 
-def _no_params(name: str, params: Mapping[str, Any], known: tuple[str, ...]) -> None:
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"ranking.scorers.{name}: unknown parameter(s) {unknown}; "
-            f"{name} takes {', '.join(known) or 'no parameters'}"
-        )
-
-
-def _head_path(context: ScorerContext, head: str) -> Path | None:
+def head_path(context: ScorerContext, head: str) -> Path | None:
     spec = context.heads.get(head)
     if not spec or not spec.get("path"):
         return None
@@ -64,13 +57,15 @@ class MFScorer(Scorer):
     name = "mf"
     description = "dot products in the MF head's projected embedding space (cosine without a head)"
 
+    class Params(PluginParams):
+        """No parameters."""
+
     def __init__(self, context: ScorerContext, **params: Any) -> None:
-        _no_params(self.name, params, ())
         super().__init__(context, **params)
         d = int(context.embedding_dim)
         self.user_proj: np.ndarray | None = None
         self.item_proj: np.ndarray | None = None
-        path = _head_path(context, "mf")
+        path = head_path(context, "mf")
         if path is None:
             log.info("scorer mf: the bundle has no mf head; scoring by cosine similarity")
             return
@@ -89,7 +84,11 @@ class MFScorer(Scorer):
             )
         self.user_proj, self.item_proj = user_proj, item_proj
 
-    def score(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def score(self, ctx: ScoreContext) -> np.ndarray:
+        return self.score_arrays(ctx.user_embedding, ctx.item_embeddings)
+
+    def score_arrays(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n,) scores of ``items`` (n, d) for ``user`` (d,)."""
         user, items = _check_inputs(user, items, int(self.context.embedding_dim))
         if self.user_proj is None or self.item_proj is None:
             norms = np.linalg.norm(items, axis=1) * max(float(np.linalg.norm(user)), 1e-12)
@@ -108,16 +107,15 @@ class NeuralScorer(Scorer):
     name = "neural"
     description = "the bundle's neural head (ONNX) over [u, v, u*v], batched over candidates"
 
+    class Params(PluginParams):
+        chunk_size: int = Field(
+            4096, ge=1, strict=True, description="candidates per head call (bounds memory)"
+        )
+
     def __init__(self, context: ScorerContext, **params: Any) -> None:
-        _no_params(self.name, params, ("chunk_size",))
         super().__init__(context, **params)
-        raw = params.get("chunk_size", 4096)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-            raise ConfigError(
-                f"ranking.scorers.neural.chunk_size: must be an integer >= 1, got {raw!r}"
-            )
-        self.chunk_size = raw
-        path = _head_path(context, "neural")
+        self.chunk_size = int(self.params.chunk_size)
+        path = head_path(context, "neural")
         if path is None:
             raise BundleError(
                 "scorer 'neural' needs heads.neural in the bundle manifest; this bundle has "
@@ -155,8 +153,10 @@ class NeuralScorer(Scorer):
         np.multiply(items, user, out=out[:, 2 * d :])
         return out
 
-    def score(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
-        user, items = _check_inputs(user, items, int(self.context.embedding_dim))
+    def score(self, ctx: ScoreContext) -> np.ndarray:
+        user, items = _check_inputs(
+            ctx.user_embedding, ctx.item_embeddings, int(self.context.embedding_dim)
+        )
         n = items.shape[0]
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, self.chunk_size):
