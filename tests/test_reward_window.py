@@ -43,7 +43,8 @@ def test_default_reward_applied_once_when_the_window_closes(
         assert "window" in exc.value.details()  # type: ignore[attr-defined]
 
         assert srv.run(srv.engine.feedback.close_windows()) == 2  # the two unrewarded items
-        assert srv.run(srv.engine.feedback.close_windows()) == 0  # closed events are not visited again
+        # closed events are not visited again
+        assert srv.run(srv.engine.feedback.close_windows()) == 0
         # the policy-independent per-item statistics ([count, reward_sum]) learn every reward
         stats = srv.engine.decider.stats[ITEM_STATS]
         assert stats.items[shown[0]].tolist() == [1.0, 1.0]  # the client's reward, not the default
