@@ -1,4 +1,6 @@
-"""Contract checks for policy authors: ``check_policy_contract(MyPolicy)``.
+"""Contract checks for plugin authors: ``check_policy_contract(MyPolicy)`` here, and
+``check_scorer_contract(MyScorer)`` (from :mod:`explorank.plugins.scorer_contract`, importable
+from here too).
 
 The same checks run on every built-in policy in explorank's own test suite::
 
@@ -38,6 +40,23 @@ from typing import Any
 import numpy as np
 
 from explorank.plugins.api import Policy, PolicyStats, RankContext, Ranking, RewardContext
+from explorank.plugins.scorer_contract import (
+    ScorerContractError,
+    ScorerReport,
+    check_scorer_contract,
+)
+
+__all__ = [
+    "ContractReport",
+    "PolicyContractError",
+    "ScorerContractError",
+    "ScorerReport",
+    "check_policy_contract",
+    "check_scorer_contract",
+    "make_context",
+    "make_scores",
+    "warm_stats",
+]
 
 SCORE_KINDS = ("random", "tied", "negative", "large")
 
