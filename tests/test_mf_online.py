@@ -4,6 +4,7 @@ policy's statistics; and the scorer contract for every built-in scorer."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_scorer_statistics_merge_through_redis(redis_url: str) -> None:
 
     rng = np.random.default_rng(1)
     scorer = OnlineMFScorer(ScorerContext(embedding_dim=4), dim=3)
-    prefix = f"explorank-test-mfo-{rng.integers(1 << 30)}:"
+    prefix = f"explorank-test-mfo-{uuid.uuid4().hex}:"
     memory = PolicyStats()
 
     async def scenario() -> PolicyStats:

@@ -307,7 +307,7 @@ def test_outage_raises_unavailable(prefix: str) -> None:
 def test_unreachable_at_open_and_bad_options() -> None:
     with pytest.raises(StateUnavailableError):
         run(RedisStore(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.5).open())
-    with pytest.raises(ConfigError, match="unknown redis option"):
+    with pytest.raises(ConfigError, match="unknown parameter"):
         RedisStore(urll="redis://x")
     with pytest.raises(ConfigError, match="array_flush_ms"):
         RedisStore(array_flush_ms=0)

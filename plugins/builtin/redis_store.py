@@ -1,15 +1,18 @@
 """``redis``: a state store shared by several engine replicas (behind a load balancer).
 
-Rewards and item statistics: one Lua script per reward does HSETNX on the event's reward
-hash (idempotency on (event_id, item_id)) and, only when the reward is new, the
-HINCRBYFLOAT of every per-item statistic field. Redis runs scripts atomically, so a reward
-is applied once and concurrent increments from any number of replicas never race.
+Rewards and item statistics: one Lua script per reward (``redis_record_reward.lua``) does
+HSETNX on the event's reward hash (idempotency on (event_id, item_id)) and, only when the
+reward is new, the HINCRBYFLOAT of every per-item statistic field. Redis runs scripts
+atomically, so a reward is applied once and concurrent increments from any number of
+replicas never race.
 
-Array statistics (LinUCB's A = Σxxᵀ, b = Σrx: up to d² floats per reward) are batched:
-each replica sums array deltas locally and flushes them every ``array_flush_every``
-rewards or ``array_flush_ms`` (and on close) as float64 blobs appended to a per-array
-delta list; readers add ``base + Σ deltas`` with numpy and occasionally fold the list into
-``base`` (an optimistic WATCH/MULTI transaction). So Redis never does d² float math.
+Array statistics (LinUCB's A = Σxxᵀ, b = Σrx: up to d² floats per reward) are batched in an
+:class:`~explorank.plugins.builtin.redis_deltas.ArrayDeltaBuffer`: each replica sums array
+deltas locally and flushes them every ``array_flush_every`` rewards or ``array_flush_ms``
+(and on close) as float64 blobs appended to a per-array delta list
+(``redis_flush_arrays.lua``); readers add ``base + Σ deltas`` with numpy and occasionally
+fold the list into ``base`` (an optimistic WATCH/MULTI transaction). So Redis never does d²
+float math. The Lua scripts are resource files next to this module.
 
 Crash gap: the reward script also records the reward in this replica's *pending* hash;
 the flush script removes exactly the flushed rewards from it, atomically with appending
@@ -21,8 +24,8 @@ applies them (once) from any live process. Staleness and key layout: docs/state.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import inspect
-import io
 import json
 import logging
 import os
@@ -35,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from explorank import hookimpl
 from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.plugins.api import (
     EventRecord,
+    PluginParams,
     PolicyStats,
     RewardRecord,
     StateStore,
@@ -47,75 +52,24 @@ from explorank.plugins.api import (
     StatsDelta,
 )
 from explorank.plugins.builtin import _records
+from explorank.plugins.builtin.redis_deltas import (
+    ArrayDeltaBuffer,
+    Sums,
+    add_into,
+    dump_array,
+    load_array,
+)
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"  # separates event id and item id in pending refs
-
-LOG_EVENT = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  local ttl = tonumber(ARGV[3])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-  return 1
-end
-return 0
-"""
-
-# KEYS: rewards hash, pending hash, then (items hash, version key) per policy with items.
-# ARGV: item_id, reward json, ttl, pending ref ('' when no arrays), pending value,
-#       n policies, then per policy: n fields, (field, increment) pairs.
-RECORD_REWARD = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then return 2 end
-  return 0
-end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
-local a = 7
-for i = 1, tonumber(ARGV[6]) do
-  local m = tonumber(ARGV[a]); a = a + 1
-  for j = 1, m do
-    redis.call('HINCRBYFLOAT', KEYS[1 + 2 * i], ARGV[a], ARGV[a + 1]); a = a + 2
-  end
-  redis.call('INCR', KEYS[2 + 2 * i])
-end
-return 1
-"""
-
-# KEYS: pending hash, then (deltas list, arrays set, version key) per array.
-# ARGV: n refs, refs..., n arrays, then (array name, float64 blob) pairs.
-# All-or-nothing and idempotent: if any ref is gone, the deltas were applied already.
-FLUSH_ARRAYS = """
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  if redis.call('HEXISTS', KEYS[1], ARGV[1 + i]) == 0 then return 0 end
-end
-for i = 1, n do redis.call('HDEL', KEYS[1], ARGV[1 + i]) end
-local a = n + 3
-for j = 1, tonumber(ARGV[n + 2]) do
-  local k = 2 + 3 * (j - 1)
-  redis.call('RPUSH', KEYS[k], ARGV[a + 1])
-  redis.call('SADD', KEYS[k + 1], ARGV[a])
-  redis.call('INCR', KEYS[k + 2])
-  a = a + 2
-end
-return 1
-"""
 
 ComputeDeltas = Callable[
     [EventRecord, RewardRecord], "Mapping[str, StatsDelta] | Awaitable[Mapping[str, StatsDelta]]"
 ]
 
 
-def _dump(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype="<f8"), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _load(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float64)
+def _script(name: str) -> str:
+    return (importlib.resources.files(__package__) / f"redis_{name}.lua").read_text()
 
 
 def _num(value: float) -> str:
@@ -129,48 +83,49 @@ class RedisStore(StateStore):
     description = "Redis (shared by several replicas): atomic Lua merges, batched array deltas"
     shared = True
 
-    OPTIONS = (
-        "url",
-        "password",
-        "tls",
-        "ssl_ca_certs",
-        "key_prefix",
-        "socket_timeout_s",
-        "event_ttl_s",
-        "array_flush_every",
-        "array_flush_ms",
-        "compact_after",
-        "replica_id",
-        "replica_ttl_s",
-        "max_connections",
-    )
+    class Options(PluginParams):
+        url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// or unix://")
+        password: str | None = Field(None, description="AUTH password (or in the URL)")
+        tls: bool = Field(False, description="TLS (implied by rediss://)")
+        ssl_ca_certs: str | None = Field(None, description="CA bundle for TLS")
+        key_prefix: str = Field("explorank:", description="prefix of every key")
+        socket_timeout_s: float = Field(2.0, gt=0, description="connect and command timeout")
+        event_ttl_s: int = Field(7 * 86_400, gt=0, description="how long events are kept")
+        array_flush_every: int = Field(64, gt=0, description="rewards per array-delta flush")
+        array_flush_ms: float = Field(1000.0, gt=0, description="longest wait between flushes")
+        compact_after: int = Field(32, gt=0, description="delta blobs before folding into base")
+        replica_id: str | None = Field(None, description="default: host-pid-random")
+        replica_ttl_s: int = Field(60, gt=0, description="heartbeat TTL: dead after this")
+        max_connections: int = Field(64, gt=0, description="connection pool size")
+
+        @field_validator("url")
+        @classmethod
+        def _scheme(cls, v: str) -> str:
+            if not v.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("must start with redis://, rediss:// or unix://")
+            return v
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.url = str(options.get("url", "redis://127.0.0.1:6379/0"))
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"state.options.url: must start with redis://, rediss:// or unix://, got {self.url!r}"
-            )
-        self.password: str | None = options.get("password")
-        self.tls = bool(options.get("tls", False)) or self.url.startswith("rediss://")
-        self.ssl_ca_certs: str | None = options.get("ssl_ca_certs")
-        self.prefix = str(options.get("key_prefix", "explorank:"))
-        self.socket_timeout_s = _positive(options, "socket_timeout_s", 2.0)
-        self.event_ttl_s = int(_positive(options, "event_ttl_s", 7 * 86_400.0))
-        self.flush_every = int(_positive(options, "array_flush_every", 64))
-        self.flush_ms = _positive(options, "array_flush_ms", 1000.0)
-        self.compact_after = int(_positive(options, "compact_after", 32))
-        self.max_connections = int(_positive(options, "max_connections", 64))
-        self.replica_ttl_s = int(_positive(options, "replica_ttl_s", 60.0))
+        o = self.options
+        self.url = str(o.url)
+        self.password: str | None = o.password
+        self.tls = bool(o.tls) or self.url.startswith("rediss://")
+        self.ssl_ca_certs: str | None = o.ssl_ca_certs
+        self.prefix = str(o.key_prefix)
+        self.socket_timeout_s = float(o.socket_timeout_s)
+        self.event_ttl_s = int(o.event_ttl_s)
+        self.flush_every = int(o.array_flush_every)
+        self.flush_ms = float(o.array_flush_ms)
+        self.compact_after = int(o.compact_after)
+        self.max_connections = int(o.max_connections)
+        self.replica_ttl_s = int(o.replica_ttl_s)
         self.replica_id = str(
-            options.get("replica_id")
-            or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            o.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
-        self._acc: dict[tuple[str, str], np.ndarray] = {}  # (policy, array) -> unflushed sum
-        self._acc_refs: dict[str, list[str]] = {}  # pending ref -> policies with arrays
+        self._buffer = ArrayDeltaBuffer()
         self._inflight: dict[str, int] = {}
         self._flush_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
@@ -210,8 +165,12 @@ class RedisStore(StateStore):
             url, max_connections=self.max_connections, timeout=self.socket_timeout_s, **kwargs
         )
         self._client = aioredis.Redis(connection_pool=pool)
-        for name, src in (("log", LOG_EVENT), ("reward", RECORD_REWARD), ("flush", FLUSH_ARRAYS)):
-            self._scripts[name] = self._client.register_script(src)
+        for name, file in (
+            ("log", "log_event"),
+            ("reward", "record_reward"),
+            ("flush", "flush_arrays"),
+        ):
+            self._scripts[name] = self._client.register_script(_script(file))
         try:
             async with self._guard("open"):
                 await self._client.ping()
@@ -237,7 +196,7 @@ class RedisStore(StateStore):
                     await self._client.srem(self._k("replicas"), self.replica_id)
         except StateUnavailableError as exc:
             log.error(
-                "redis store closed with %d unflushed array rewards: %s", len(self._acc_refs), exc
+                "redis store closed with %d unflushed array rewards: %s", len(self._buffer), exc
             )
         finally:
             await self._client.aclose(close_connection_pool=True)
@@ -316,27 +275,18 @@ class RedisStore(StateStore):
             # 2: a duplicate whose first attempt ran here but whose answer was lost (we
             # raised then); its pending ref waits for this replica's deltas: add them.
             if result == 1 or (
-                result == 2 and self._inflight[ref] == 1 and ref not in self._acc_refs
+                result == 2 and self._inflight[ref] == 1 and ref not in self._buffer
             ):
-                self._accumulate(ref, array_policies, deltas)
+                self._buffer.add(ref, array_policies, deltas)
+                if len(self._buffer) >= self.flush_every and (
+                    self._flush_task is None or self._flush_task.done()
+                ):
+                    self._flush_task = asyncio.create_task(self._flush_quietly())
         finally:
             self._inflight[ref] -= 1
             if not self._inflight[ref]:
                 del self._inflight[ref]
         return result == 1
-
-    def _accumulate(self, ref: str, policies: list[str], deltas: Mapping[str, StatsDelta]) -> None:
-        for policy in policies:
-            for name, arr in deltas[policy].arrays.items():
-                key = (policy, name)
-                add = np.asarray(arr, dtype=np.float64)
-                cur = self._acc.get(key)
-                self._acc[key] = add.copy() if cur is None else cur + add
-        self._acc_refs[ref] = policies
-        if len(self._acc_refs) >= self.flush_every and (
-            self._flush_task is None or self._flush_task.done()
-        ):
-            self._flush_task = asyncio.create_task(self._flush_quietly())
 
     async def _flush_quietly(self) -> None:
         try:
@@ -357,17 +307,13 @@ class RedisStore(StateStore):
     async def flush(self) -> None:
         """Send the locally accumulated array deltas to Redis (atomic, idempotent)."""
         async with self._flush_lock:
-            if not self._acc_refs:
+            if not len(self._buffer):
                 return
-            acc, refs = self._acc, self._acc_refs
-            self._acc, self._acc_refs = {}, {}
+            acc, refs = self._buffer.drain()
             try:
                 applied = await self._apply_arrays(self.replica_id, list(refs), acc)
             except StateUnavailableError:
-                for key, arr in acc.items():  # keep them for the next attempt
-                    cur = self._acc.get(key)
-                    self._acc[key] = arr if cur is None else cur + arr
-                self._acc_refs.update(refs)
+                self._buffer.restore(acc, refs)  # kept for the next attempt
                 raise
             if not applied:
                 log.warning(
@@ -377,9 +323,7 @@ class RedisStore(StateStore):
                     self.replica_id,
                 )
 
-    async def _apply_arrays(
-        self, replica: str, refs: list[str], acc: Mapping[tuple[str, str], np.ndarray]
-    ) -> bool:
+    async def _apply_arrays(self, replica: str, refs: list[str], acc: Sums) -> bool:
         keys = [self._pending_key(replica)]
         arr_args: list[Any] = []
         for (policy, name), arr in acc.items():
@@ -388,7 +332,7 @@ class RedisStore(StateStore):
                 self._k("stats", policy, "arrays"),
                 self._k("stats", policy, "version"),
             ]
-            arr_args += [name, _dump(arr)]
+            arr_args += [name, dump_array(arr)]
         async with self._guard("flush"):
             result = await self._scripts["flush"](
                 keys=keys, args=[len(refs), *refs, len(acc), *arr_args]
@@ -414,7 +358,7 @@ class RedisStore(StateStore):
                 if await self._client.exists(self._k("replica", replica)):
                     continue  # alive
                 pending = await self._client.hgetall(self._pending_key(replica))
-            acc: dict[tuple[str, str], np.ndarray] = {}
+            acc: Sums = {}
             refs = [r.decode() for r in pending]
             n_ok = 0
             for ref, policies_b in zip(refs, pending.values(), strict=True):
@@ -434,9 +378,7 @@ class RedisStore(StateStore):
                     deltas = await deltas
                 for policy in json.loads(policies_b):
                     for name, arr in deltas[policy].arrays.items() if policy in deltas else ():
-                        cur = acc.get((policy, name))
-                        add = np.asarray(arr, dtype=np.float64)
-                        acc[(policy, name)] = add.copy() if cur is None else cur + add
+                        add_into(acc, (policy, name), arr)
                 n_ok += 1
             if refs and not await self._apply_arrays(replica, refs, acc):
                 continue  # another process recovered this replica first
@@ -473,17 +415,16 @@ class RedisStore(StateStore):
             stats.items[item_id] = vec
         for i, name in enumerate(names if names else []):
             base, deltas = blobs[2 * i], blobs[2 * i + 1]
-            total = _load(base) if base is not None else None
+            total = load_array(base) if base is not None else None
             for blob in deltas:
-                total = _load(blob) if total is None else total + _load(blob)
+                total = load_array(blob) if total is None else total + load_array(blob)
             if total is not None:
                 stats.arrays[name] = total
             if len(deltas) > self.compact_after:
                 await self._compact(policy, name)
-        for (pol, name), arr in self._acc.items():
-            if pol == policy:
-                cur = stats.arrays.get(name)
-                stats.arrays[name] = arr.copy() if cur is None else cur + arr
+        for name, arr in self._buffer.pending_for(policy).items():
+            cur = stats.arrays.get(name)
+            stats.arrays[name] = arr.copy() if cur is None else cur + arr
         return stats
 
     async def _compact(self, policy: str, name: str) -> None:
@@ -498,13 +439,13 @@ class RedisStore(StateStore):
                     await pipe.watch(base_key)
                     base = await pipe.get(base_key)
                     deltas = await pipe.lrange(list_key, 0, -1)
-                    total = _load(base) if base is not None else None
+                    total = load_array(base) if base is not None else None
                     for blob in deltas:
-                        total = _load(blob) if total is None else total + _load(blob)
+                        total = load_array(blob) if total is None else total + load_array(blob)
                     if total is None:
                         return
                     pipe.multi()
-                    pipe.set(base_key, _dump(total))
+                    pipe.set(base_key, dump_array(total))
                     pipe.ltrim(list_key, len(deltas), -1)
                     await pipe.execute()
                 except WatchError:
@@ -584,13 +525,6 @@ class RedisStore(StateStore):
                 pipe.zrem(zkey, *chunk)
                 dropped += int((await pipe.execute())[0])
         return dropped
-
-
-def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"state.options.{name}: must be a positive number, got {value!r}")
-    return float(value)
 
 
 @hookimpl
