@@ -120,7 +120,6 @@ def test_scorer_statistics_merge_through_redis(redis_url: str) -> None:
     from explorank.plugins.builtin.redis_store import RedisStore
     from tests.store_records import make_event
 
-    rng = np.random.default_rng(1)
     scorer = OnlineMFScorer(ScorerContext(embedding_dim=4), dim=3)
     prefix = f"explorank-test-mfo-{uuid.uuid4().hex}:"
     memory = PolicyStats()
