@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from explorank.errors import ConfigError
+
 log = logging.getLogger("explorank.serve")
 
 
@@ -79,9 +81,19 @@ def run(args: argparse.Namespace) -> int:
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
+    from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, check_port
     from explorank.engine.server import Server
 
     config = load_config(args.config, overrides=overrides_from_args(args))
+    # Before the (slow) bundle load: a taken port is a one-line error at once.
+    sc = config.server
+    if sc.port and sc.port == sc.metrics_port:
+        raise ConfigError(
+            f"server.port and server.metrics_port are both {sc.port}; choose two different ports"
+        )
+    check_port(sc.host, sc.port, GRPC_PORT_SETTING)
+    if sc.metrics_port:
+        check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
     engine = Engine.from_config(config)

@@ -32,7 +32,8 @@ def test_serve_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_serve_missing_bundle_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--bundle", str(tmp_path / "nope"), "--metrics-port", "0"]) == 2
+    args = ["serve", "--bundle", str(tmp_path / "nope"), "--port", "0", "--metrics-port", "0"]
+    assert main(args) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
 
 
