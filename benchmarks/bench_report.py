@@ -254,6 +254,9 @@ def serve_markdown(report: dict[str, Any], command: str = "") -> str:
             ],
         )
     )
+    if report.get("failed"):
+        lines += ["", "## Failed targets", ""]
+        lines += [f"- `{s['target']}`: {s['reason']}" for s in report["failed"]]
     if report.get("skipped"):
         lines += ["", "## Skipped targets", ""]
         lines += [f"- `{s['target']}`: {s['reason']}" for s in report["skipped"]]
@@ -299,7 +302,8 @@ def _serve_plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"{mode} loop")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "latency_vs_load.png"
     fig.savefig(path, dpi=110)
@@ -320,7 +324,8 @@ def _serve_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("throughput (req/s)")
     ax.set_title("explorank bench serve — closed loop")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if targets:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "throughput_vs_concurrency.png"
     fig.savefig(path, dpi=110)

@@ -241,7 +241,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
     )
     _say("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    for f in report.get("failed", []):
+        print(
+            f"explorank bench serve: target {f['target']} failed: {f['reason']} "
+            f"(log: {args.out / 'logs' / (f['target'] + '.log')})",
+            file=sys.stderr,
+        )
+    return 1 if report.get("failed") else 0
 
 
 def _x(v: float | None, unit: str = "x") -> str:

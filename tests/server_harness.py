@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import grpc
 from explorank.engine.config import Config, load_config
 from explorank.engine.pipeline import Engine
 from explorank.engine.server import Server
+from explorank.launch import module_command
 
 
 def free_port() -> int:
@@ -86,9 +86,7 @@ class ProcessServer:
     ) -> None:
         self.port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = module_command(
             "explorank",
             "serve",
             "--port",
@@ -98,7 +96,7 @@ class ProcessServer:
             "--port-file",
             str(self.port_file),
             *args,
-        ]
+        )
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from explorank.engine.pipeline import Engine
 from explorank.engine.ports import check_port
 from explorank.engine.server import Server
 from explorank.errors import ConfigError
+from explorank.launch import module_command
 from tests.fp32_bundle import fp32_bundle_for
 from tests.server_harness import free_port, make_config
 
@@ -37,7 +37,7 @@ def taken_port() -> Iterator[int]:
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "explorank", "serve", *args],
+        module_command("explorank", "serve", *args),
         cwd=tmp_path,
         capture_output=True,
         text=True,
