@@ -39,7 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorer", help="default scorer (default mf)")
     p.add_argument("--policy", help="default policy (default epsilon_greedy)")
     p.add_argument("--store", help="state store plugin (default sqlite)")
-    p.add_argument("--state-db", type=Path, help="sqlite state database path")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory of the sqlite state database state.db (default: $EXPLORANK_STATE_DIR, "
+        "else $XDG_STATE_HOME/explorank, else ~/.local/state/explorank)",
+    )
+    p.add_argument(
+        "--state-db", type=Path, help="sqlite state database file (wins over --state-dir)"
+    )
     p.add_argument("--redis-url", help="Redis URL for --store redis")
     p.add_argument("--grace", type=float, help="graceful shutdown period in seconds")
     p.add_argument("--no-verify", action="store_true", help="skip bundle checksum verification")
@@ -70,6 +78,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("ranking", "default_scorer", args.scorer)
     put("ranking", "default_policy", args.policy)
     put("state", "store", args.store)
+    put("state", "dir", str(args.state_dir) if args.state_dir else None)
     if args.state_db is not None:
         o.setdefault("state", {}).setdefault("options", {})["path"] = str(args.state_db)
     if args.redis_url is not None:
@@ -96,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
+    config.state.options = config.state.store_options()
+    if "path" in config.state.options:
+        log.info("state: %s %s", config.state.store, config.state.options["path"])
     engine = Engine.from_config(config)
 
     async def main() -> None:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from explorank.errors import ConfigError
+from explorank.paths import default_cache_dir as default_cache_dir  # re-exported
+from explorank.paths import default_state_db
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +109,10 @@ class RankingConfig(_Section):
 
 class StateConfig(_Section):
     store: str = "sqlite"
-    #: Store options, e.g. {"path": "explorank-state.db"} or {"url": "redis://..."}.
+    #: Directory of the sqlite database (state.db); None = $EXPLORANK_STATE_DIR, else
+    #: $XDG_STATE_HOME/explorank, else ~/.local/state/explorank. options.path wins.
+    dir: Path | None = None
+    #: Store options, e.g. {"path": "/var/lib/explorank/state.db"} or {"url": "redis://..."}.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Rewards later than this after the Rank are refused (FAILED_PRECONDITION).
     reward_window_s: float = Field(86_400.0, gt=0)
@@ -121,6 +126,13 @@ class StateConfig(_Section):
     retention_max_age_s: float | None = Field(None, gt=0)
     retention_max_events: int | None = Field(None, ge=1)
     retention_interval_s: float = Field(600.0, gt=0)
+
+    def store_options(self) -> dict[str, Any]:
+        """``options`` with the sqlite database's path filled in from ``dir`` (or the
+        default state directory) when no ``path`` is given; never the current directory."""
+        if self.store != "sqlite" or self.options.get("path"):
+            return dict(self.options)
+        return {**self.options, "path": str(default_state_db(self.dir))}
 
 
 class PluginsConfig(_Section):
@@ -221,12 +233,3 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("EXPLORANK_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "explorank"

@@ -82,7 +82,11 @@ class ProcessServer:
     """``explorank serve`` in a subprocess; ``port`` is known once it is SERVING."""
 
     def __init__(
-        self, args: list[str], workdir: Path, env: Mapping[str, str] | None = None
+        self,
+        args: list[str],
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
@@ -99,7 +103,9 @@ class ProcessServer:
         )
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
+        )
         self.port = 0
 
     def wait_ready(self, timeout: float = 120.0) -> int:
