@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,32 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def onnxruntime_conflict(installed: Sequence[str] | None = None) -> str | None:
+    """A warning when both ONNX Runtime builds are installed (``pip install explorank[gpu]``
+    adds the CUDA build next to the default CPU one): they share the ``onnxruntime`` module,
+    and whichever was installed last decides whether CUDA is available at all."""
+    if installed is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        installed = []
+        for dist in ORT_BUILDS:
+            try:
+                version(dist)
+            except PackageNotFoundError:
+                continue
+            installed.append(dist)
+    if set(ORT_BUILDS) <= set(installed):
+        return (
+            "both onnxruntime (CPU) and onnxruntime-gpu are installed; they share one module and "
+            "the CPU build may hide CUDA. Keep one: pip uninstall -y onnxruntime onnxruntime-gpu "
+            "&& pip install onnxruntime-gpu"
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
@@ -108,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     config.state.options = config.state.store_options()
     if "path" in config.state.options:
         log.info("state: %s %s", config.state.store, config.state.options["path"])
+    conflict = onnxruntime_conflict()
+    if conflict:
+        log.warning(conflict)
     engine = Engine.from_config(config)
 
     async def main() -> None:
