@@ -363,10 +363,10 @@ class PluginManager:
         try:
             self.get_class(kind, name)
         except UnknownPluginError as exc:
-            label = _KIND_LABEL[normalize_kind(kind)]
+            k = normalize_kind(kind)
             msg = (
-                f"the configured {label} {name!r} is not registered; registered "
-                f"{label}s: {', '.join(sorted(exc.known)) or 'none'}"
+                f"the configured {_KIND_LABEL[k]} {name!r} is not registered; registered "
+                f"{_KIND_PLURAL[k]}: {', '.join(sorted(exc.known)) or 'none'}"
             )
             if self.load_errors:
                 msg += "; plugins that failed to load: " + "; ".join(map(str, self.load_errors))
@@ -394,6 +394,7 @@ class PluginManager:
 
 
 _KIND_LABEL = {"scorer": "scorer", "policy": "policy", "store": "state store"}
+_KIND_PLURAL = {"scorer": "scorers", "policy": "policies", "store": "state stores"}
 
 
 def _who(info: PluginInfo) -> str:
