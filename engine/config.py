@@ -8,6 +8,7 @@ at start-up; a bad value is a :class:`ConfigError` naming the setting.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -160,6 +161,33 @@ class Config(_Section):
         return self
 
 
+def _section_fields(path: tuple[str, ...]) -> list[str] | None:
+    """The setting names of the section at ``path`` (() = the section names), or None when
+    ``path`` is not a section."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    """``; did you mean 'batching.max_batch_size'?`` for an unknown setting, or ''."""
+    *section, key = loc
+    known = _section_fields(tuple(section)) or []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{'.'.join([*section, close[0]])}'?"
+    if len(loc) == 2:  # a known setting in the wrong section, e.g. [server] max_batch_size
+        for other in Config.model_fields:
+            if key in (_section_fields((other,)) or []):
+                return f"; did you mean '{other}.{key}'?"
+    return ""
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -167,9 +195,11 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         got = err.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = err["msg"]
+        hint = ""
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"{loc}: {msg}{got_s}")
+            hint = _did_you_mean(tuple(str(p) for p in err["loc"]))
+        lines.append(f"{loc}: {msg}{got_s}{hint}")
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
