@@ -160,7 +160,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--out", type=Path, default=Path("explorank-bench/serve"), help="report directory"
     )
-    srv.add_argument("--quick", action="store_true", help="short points (~2-4 minutes on 2 cores)")
+    srv.add_argument(
+        "--quick", action="store_true", help="short points (about 2-3 minutes on 2 cores)"
+    )
 
 
 def _command_line(args: argparse.Namespace, kind: str, flags: tuple[str, ...]) -> str:
