@@ -160,7 +160,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--out", type=Path, default=Path("explorank-bench/serve"), help="report directory"
     )
-    srv.add_argument("--quick", action="store_true", help="short points (~2-4 minutes on 2 cores)")
+    srv.add_argument(
+        "--quick", action="store_true", help="short points (about 2-3 minutes on 2 cores)"
+    )
 
 
 def _command_line(args: argparse.Namespace, kind: str, flags: tuple[str, ...]) -> str:
@@ -241,7 +243,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
     )
     _say("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    for f in report.get("failed", []):
+        print(
+            f"explorank bench serve: target {f['target']} failed: {f['reason']} "
+            f"(log: {args.out / 'logs' / (f['target'] + '.log')})",
+            file=sys.stderr,
+        )
+    return 1 if report.get("failed") else 0
 
 
 def _x(v: float | None, unit: str = "x") -> str:

@@ -113,7 +113,7 @@ def _split(value: str, field: str) -> list[str]:
 
 def _cached_bert(bundle: Any, world_ids: list[str], texts: list[str]) -> np.ndarray:
     """BERT embeddings for the world's items, cached on disk per (model, texts)."""
-    from explorank.engine.config import default_cache_dir
+    from explorank.paths import default_cache_dir
 
     key = hashlib.sha256(("\n".join(world_ids) + "\0" + "\n".join(texts)).encode()).hexdigest()[:16]
     path = default_cache_dir() / "eval-embeddings" / f"{bundle.model_version}-{key}.npy"

@@ -158,43 +158,92 @@ def write_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[str]:
         )
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative regret (expected clicks)")
-    ax.set_title("Cumulative regret vs the ground-truth oracle (solid: bert, dashed: id)")
+    ax.set_title(
+        "Cumulative regret vs the ground-truth oracle (solid: bert, dashed: id, dotted: oracle)"
+    )
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_dir / "regret.png", dpi=110)
     plt.close(fig)
 
-    # Coverage saturates (every item shown at least once) in long runs; the spread of
-    # exposure then tells the policies apart, so the x axis switches to 1 - Gini.
-    saturated = len({round(r["coverage"], 4) for r in runs}) <= 2
-    ncols = 2 if saturated else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols + 1, 5), squeeze=False)
-    axes_list = list(axes[0])
-    panels = [("coverage", "catalog coverage (share of items shown)")]
-    if saturated:
-        panels.append(("evenness", "exposure evenness (1 - Gini of impressions)"))
-    for ax, (key, label) in zip(axes_list, panels, strict=True):
-        for r in runs:
-            x = r["coverage"] if key == "coverage" else 1.0 - r["gini_exposure"]
-            ax.scatter(
-                x,
-                r["ctr"],
-                color=colors[r["policy"]],
-                marker="o" if r["representation"] == "bert" else "^",
-                s=40,
-            )
-            ax.annotate(
-                _label(r), (x, r["ctr"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
-        ax.set_xlabel(label)
-        ax.set_ylabel("CTR")
-    axes_list[0].set_title("Reward vs coverage (o: bert, ^: id)")
-    if saturated:
-        axes_list[1].set_title("Reward vs exposure evenness (coverage saturated)")
-    fig.tight_layout()
+    fig = reward_coverage_figure(plt, runs, colors)
     fig.savefig(out_dir / "reward_coverage.png", dpi=110)
     plt.close(fig)
     return ["regret.png", "reward_coverage.png"]
+
+
+#: scatter marker per representation; the legend shows the same marker as the plot
+MARKERS = {"bert": "o", "id": "^", "truth": "*"}
+
+
+def reward_coverage_figure(plt: Any, runs: list[dict[str, Any]], colors: Any) -> Any:
+    """CTR against catalog coverage, or against exposure evenness (1 - Gini of impressions)
+    once coverage saturates (every run showed nearly every item) and no longer tells the
+    policies apart. Points are named by a legend (one entry per run, same colour and marker,
+    ordered by CTR), never by text next to them, so nothing collides; a second panel zooms
+    in on the learning policies, which the oracle's much higher CTR squeezes together."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    coverages = [r["coverage"] for r in runs]
+    saturated = len({round(c, 4) for c in coverages}) <= 2
+    if saturated:
+        xlabel, xkey = "exposure evenness (1 - Gini of impressions)", "evenness"
+    else:
+        xlabel, xkey = "catalog coverage (share of items shown)", "coverage"
+
+    def x_of(r: dict[str, Any]) -> float:
+        return float(r["coverage"] if xkey == "coverage" else 1.0 - r["gini_exposure"])
+
+    ordered = sorted(runs, key=lambda r: -r["ctr"])
+    learners = [r for r in ordered if r["policy"] != "oracle"]
+    panels = [("all runs", ordered)]
+    if len(learners) >= 2 and len(learners) < len(ordered):
+        panels.append(("zoom: without the oracle", learners))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels) + 2.6, 4.8), squeeze=False, layout="constrained"
+    )
+    for ax, (title, subset) in zip(axes[0], panels, strict=True):
+        for r in subset:
+            rep = r["representation"]
+            ax.scatter(
+                x_of(r),
+                r["ctr"],
+                color=colors[r["policy"]],
+                marker=MARKERS.get(rep, "s"),
+                s=130 if rep == "truth" else 55,
+                edgecolors="white",
+                linewidths=0.6,
+                label=_label(r)
+                + (f" ({r['scorer']})" if r["scorer"] not in ("dot", "truth") else ""),
+                zorder=3,
+            )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("CTR")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        if xkey == "coverage":
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=1))
+        ax.margins(x=0.08, y=0.08)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside right upper",
+        fontsize=8,
+        title="policy/representation\n(o bert, ^ id, * ground truth)",
+        title_fontsize=8,
+        frameon=False,
+    )
+    heading = "Reward vs exposure evenness" if saturated else "Reward vs catalog coverage"
+    if saturated:
+        heading += (
+            f" (catalog coverage saturated: {min(coverages):.2%} to {max(coverages):.2%}"
+            " of items shown)"
+        )
+    fig.suptitle(heading, fontsize=11)
+    return fig
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:

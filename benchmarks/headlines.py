@@ -1,8 +1,7 @@
-"""The headline ratios of both benchmarks, checked against the project's targets.
+"""The headline ratios of both benchmarks: what was measured, nothing else.
 
-Each function takes report rows and returns the ratios the issue's targets are stated in,
-``None`` where a needed row was not measured (a skipped backend or target), plus
-``targets`` (the thresholds) and ``met`` (True/False/None per target).
+Each function takes report rows and returns the summary ratios, ``None`` where a needed
+row was not measured (a skipped backend or target).
 """
 
 from __future__ import annotations
@@ -11,12 +10,12 @@ from typing import Any
 
 __all__ = ["HEADLINE_SHAPE", "encoder_headline", "serve_headline"]
 
-#: (batch, seq) of the encoder targets.
+#: (batch, seq) of the encoder headline.
 HEADLINE_SHAPE = (32, 64)
 
 
 def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
-    """The issue's target ratios at batch 32 x seq 64 (None where not measured)."""
+    """The ratios at batch 32 x seq 64 (None where not measured)."""
     b, s = HEADLINE_SHAPE
     at = {r["backend"]: r for r in rows if r["batch_size"] == b and r["seq_len"] == s}
     int8, fp32, torch_row = at.get("ort-int8"), at.get("ort-fp32"), at.get("pytorch")
@@ -25,24 +24,14 @@ def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> di
         return float(x["throughput_seq_s"] / y["throughput_seq_s"]) if (x and y) else None
 
     gate = (manifest.get("parity") or {}).get("int8")
-    out: dict[str, Any] = {
+    return {
         "shape": {"batch_size": b, "seq_len": s},
         "int8_vs_pytorch": ratio(int8, torch_row),
         "fp32_vs_pytorch": ratio(fp32, torch_row),
         "int8_vs_fp32": ratio(int8, fp32),
         "fp32_pct_of_ceiling": fp32["pct_of_ceiling"] if fp32 else None,
         "int8_accuracy_gate_passed": gate.get("passed") if isinstance(gate, dict) else None,
-        "targets": {"int8_vs_pytorch": 2.5, "fp32_pct_of_ceiling": 90.0},
     }
-    out["met"] = {
-        "int8_vs_pytorch": None
-        if out["int8_vs_pytorch"] is None
-        else out["int8_vs_pytorch"] >= 2.5,
-        "fp32_pct_of_ceiling": None
-        if out["fp32_pct_of_ceiling"] is None
-        else out["fp32_pct_of_ceiling"] >= 90.0,
-    }
-    return out
 
 
 def serve_headline(
@@ -69,7 +58,7 @@ def serve_headline(
         None,
     )
     single_p50 = single["p50_ms"] if single else None
-    out: dict[str, Any] = {
+    return {
         "concurrency": c,
         "explorank_vs_peer_throughput": ratio(ex, peer),
         "explorank_p99_ms": ex["p99_ms"] if ex else None,
@@ -82,30 +71,4 @@ def serve_headline(
         "single_client_overhead_ms": (single_p50 - encoder_ms)
         if (single_p50 is not None and encoder_ms)
         else None,
-        "targets": {
-            "explorank_vs_peer_throughput": 3.0,
-            "batching_on_vs_off": 1.5,
-            "padding_efficiency": 0.85,
-            "single_client_overhead_ms": 2.0,
-        },
     }
-    p99_lower = (
-        (out["explorank_p99_ms"] < out["peer_p99_ms"])
-        if (ex and peer and ex["p99_ms"] and peer["p99_ms"])
-        else None
-    )
-
-    def ge(v: float | None, t: float) -> bool | None:
-        return None if v is None else v >= t
-
-    out["met"] = {
-        "explorank_vs_peer_throughput": None
-        if out["explorank_vs_peer_throughput"] is None
-        else bool(out["explorank_vs_peer_throughput"] >= 3.0 and p99_lower),
-        "batching_on_vs_off": ge(out["batching_on_vs_off"], 1.5),
-        "padding_efficiency": ge(out["padding_efficiency"], 0.85),
-        "single_client_overhead_ms": None
-        if out["single_client_overhead_ms"] is None
-        else out["single_client_overhead_ms"] <= 2.0,
-    }
-    return out

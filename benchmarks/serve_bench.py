@@ -257,7 +257,10 @@ def run_serve_bench(
     progress: Callable[[str], None] = _progress,
     logs_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every target and return the report dict (schema in docs/benchmarks.md)."""
+    """Run every target and return the report dict (schema in docs/benchmarks.md).
+
+    A target that cannot run here (the torch peer without torch) is listed in ``skipped``;
+    one that crashes or never serves is listed in ``failed`` (and the command exits 1)."""
     from explorank.benchmarks.encoder_backends import resolve_model_dir
     from explorank.benchmarks.machine import machine_info
     from explorank.engine.bundle import load_bundle
@@ -290,6 +293,7 @@ def run_serve_bench(
     targets = ["explorank"] if config.address else list(config.targets)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = []
     derived: list[float] | None = list(config.rates) if config.rates else None
 
     def rates_for(target_rows: list[dict[str, Any]]) -> list[float]:
@@ -370,7 +374,7 @@ def run_serve_bench(
                         )
                     )
             except ExplorankError as exc:
-                skipped.append({"target": name, "reason": str(exc).splitlines()[0]})
+                failed.append({"target": name, "reason": str(exc).splitlines()[0]})
                 progress(f"{name} failed: {exc}")
     finally:
         if logs_dir is not None:
@@ -392,6 +396,7 @@ def run_serve_bench(
             "max_requests": config.max_requests,
         },
         "skipped": skipped,
+        "failed": failed,
         "rows": rows,
         "headline": serve_headline(rows, config.concurrency, enc_ms, enc_seq),
         "elapsed_s": time.perf_counter() - t_start,

@@ -1,7 +1,8 @@
 """Server processes for ``bench serve`` (start, wait for health, stop) and /metrics scraping.
 
-Each target runs as its own subprocess on a free loopback port; the benchmark process
-is only the client. Start-up waits for the port file the server writes once SERVING
+Each target runs as its own subprocess on a free loopback port (started so that the
+current directory cannot shadow the installed package: :mod:`explorank.launch`); the
+benchmark process is only the client. Start-up waits for the port file the server writes once SERVING
 and then for the standard gRPC health check; stop is SIGTERM, then SIGKILL after a
 grace period. Logs go to ``<workdir>/<name>.log`` and their tail is quoted when a
 server fails to start.
@@ -13,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from explorank.errors import ExplorankError, InvalidArgumentError
+from explorank.launch import module_command
 
 __all__ = [
     "ManagedServer",
@@ -65,9 +66,7 @@ def explorank_command(
     max_batch_size: int | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
+    cmd = module_command(
         "explorank",
         "serve",
         "--bundle",
@@ -82,7 +81,7 @@ def explorank_command(
         str(metrics_port),
         "--state-db",
         str(workdir / f"{name}-state.db"),
-    ]
+    )
     if max_batch_size is not None:
         cmd += ["--max-batch-size", str(max_batch_size)]
     return cmd + list(extra)
@@ -91,9 +90,7 @@ def explorank_command(
 def peer_command(
     bundle: Path, model_dir: Path, port_file: Path, threads: int | None = None
 ) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
+    cmd = module_command(
         "explorank.benchmarks.peer_torch_server",
         "--bundle",
         str(bundle),
@@ -105,7 +102,7 @@ def peer_command(
         "0",
         "--port-file",
         str(port_file),
-    ]
+    )
     if threads:
         cmd += ["--threads", str(threads)]
     return cmd
@@ -155,8 +152,10 @@ class ManagedServer:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
+                last = self.log_tail(1).strip()
                 raise ExplorankError(
-                    f"{self.name} exited with code {self.proc.returncode} while starting; log tail:\n{self.log_tail()}"
+                    f"{self.name} exited with code {self.proc.returncode} while starting"
+                    f"{': ' + last if last else ''}\nlog tail:\n{self.log_tail()}"
                 )
             text = self.port_file.read_text().strip() if self.port_file.exists() else ""
             if text.isdigit():

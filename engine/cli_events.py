@@ -2,7 +2,9 @@
 
 ``explorank events export --out FILE`` writes the joined event log (every logged Rank
 decision with its rewards; row format in docs/state.md) for offline evaluation. The
-SQLite database is opened read-only, so exporting next to a running server is safe.
+SQLite database (``--db``, else ``state.db`` in ``--state-dir`` or the default state
+directory, as ``explorank serve`` finds it) is opened read-only, so exporting next to a
+running server is safe.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from explorank.errors import InvalidArgumentError
+from explorank.paths import default_state_db
 from explorank.plugins.api import StateStore
 
 
@@ -32,8 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exp.add_argument(
         "--db",
         type=Path,
-        default=Path("explorank-state.db"),
-        help="sqlite database (default: %(default)s)",
+        help="sqlite database file (default: state.db in the state directory)",
+    )
+    exp.add_argument(
+        "--state-dir",
+        type=Path,
+        help="state directory holding state.db, as given to `explorank serve --state-dir` "
+        "(default: $EXPLORANK_STATE_DIR, else $XDG_STATE_HOME/explorank, else "
+        "~/.local/state/explorank)",
     )
     exp.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="default: %(default)s")
     exp.add_argument(
@@ -52,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _open_store(args: argparse.Namespace) -> StateStore:
     if args.store == "sqlite":
-        if not args.db.is_file():
-            raise InvalidArgumentError("--db", f"no sqlite state database at {args.db}")
+        db = args.db or default_state_db(args.state_dir)
+        if not db.is_file():
+            flag = "--db" if args.db else "--state-dir" if args.state_dir else "--db/--state-dir"
+            raise InvalidArgumentError(
+                flag, f"no sqlite state database at {db}; pass the server's --state-dir or --db"
+            )
         from explorank.plugins.builtin.sqlite_store import SqliteStore
 
-        return SqliteStore(path=str(args.db), read_only=True)
+        return SqliteStore(path=str(db), read_only=True)
     from explorank.plugins.builtin.redis_store import RedisStore
 
     return RedisStore(url=args.redis_url, key_prefix=args.key_prefix)

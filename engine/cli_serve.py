@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from explorank.errors import ConfigError
 
 log = logging.getLogger("explorank.serve")
 
@@ -37,7 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorer", help="default scorer (default mf)")
     p.add_argument("--policy", help="default policy (default epsilon_greedy)")
     p.add_argument("--store", help="state store plugin (default sqlite)")
-    p.add_argument("--state-db", type=Path, help="sqlite state database path")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory of the sqlite state database state.db (default: $EXPLORANK_STATE_DIR, "
+        "else $XDG_STATE_HOME/explorank, else ~/.local/state/explorank)",
+    )
+    p.add_argument(
+        "--state-db", type=Path, help="sqlite state database file (wins over --state-dir)"
+    )
     p.add_argument("--redis-url", help="Redis URL for --store redis")
     p.add_argument("--grace", type=float, help="graceful shutdown period in seconds")
     p.add_argument("--no-verify", action="store_true", help="skip bundle checksum verification")
@@ -68,6 +79,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("ranking", "default_scorer", args.scorer)
     put("ranking", "default_policy", args.policy)
     put("state", "store", args.store)
+    put("state", "dir", str(args.state_dir) if args.state_dir else None)
     if args.state_db is not None:
         o.setdefault("state", {}).setdefault("options", {})["path"] = str(args.state_db)
     if args.redis_url is not None:
@@ -75,15 +87,57 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def onnxruntime_conflict(installed: Sequence[str] | None = None) -> str | None:
+    """A warning when both ONNX Runtime builds are installed (``pip install explorank[gpu]``
+    adds the CUDA build next to the default CPU one): they share the ``onnxruntime`` module,
+    and whichever was installed last decides whether CUDA is available at all."""
+    if installed is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        installed = []
+        for dist in ORT_BUILDS:
+            try:
+                version(dist)
+            except PackageNotFoundError:
+                continue
+            installed.append(dist)
+    if set(ORT_BUILDS) <= set(installed):
+        return (
+            "both onnxruntime (CPU) and onnxruntime-gpu are installed; they share one module and "
+            "the CPU build may hide CUDA. Keep one: pip uninstall -y onnxruntime onnxruntime-gpu "
+            "&& pip install onnxruntime-gpu"
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
+    from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, check_port
     from explorank.engine.server import Server
 
     config = load_config(args.config, overrides=overrides_from_args(args))
+    # Before the (slow) bundle load: a taken port is a one-line error at once.
+    sc = config.server
+    if sc.port and sc.port == sc.metrics_port:
+        raise ConfigError(
+            f"server.port and server.metrics_port are both {sc.port}; choose two different ports"
+        )
+    check_port(sc.host, sc.port, GRPC_PORT_SETTING)
+    if sc.metrics_port:
+        check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
+    config.state.options = config.state.store_options()
+    if "path" in config.state.options:
+        log.info("state: %s %s", config.state.store, config.state.options["path"])
+    conflict = onnxruntime_conflict()
+    if conflict:
+        log.warning(conflict)
     engine = Engine.from_config(config)
 
     async def main() -> None:

@@ -8,6 +8,7 @@ at start-up; a bad value is a :class:`ConfigError` naming the setting.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -18,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from explorank.errors import ConfigError
+from explorank.paths import default_cache_dir as default_cache_dir  # re-exported
+from explorank.paths import default_state_db
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,7 +114,10 @@ class RankingConfig(_Section):
 
 class StateConfig(_Section):
     store: str = "sqlite"
-    #: Store options, e.g. {"path": "explorank-state.db"} or {"url": "redis://..."}.
+    #: Directory of the sqlite database (state.db); None = $EXPLORANK_STATE_DIR, else
+    #: $XDG_STATE_HOME/explorank, else ~/.local/state/explorank. options.path wins.
+    dir: Path | None = None
+    #: Store options, e.g. {"path": "/var/lib/explorank/state.db"} or {"url": "redis://..."}.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Rewards later than this after the Rank are refused (FAILED_PRECONDITION).
     reward_window_s: float = Field(86_400.0, gt=0)
@@ -125,6 +131,13 @@ class StateConfig(_Section):
     retention_max_age_s: float | None = Field(None, gt=0)
     retention_max_events: int | None = Field(None, ge=1)
     retention_interval_s: float = Field(600.0, gt=0)
+
+    def store_options(self) -> dict[str, Any]:
+        """``options`` with the sqlite database's path filled in from ``dir`` (or the
+        default state directory) when no ``path`` is given; never the current directory."""
+        if self.store != "sqlite" or self.options.get("path"):
+            return dict(self.options)
+        return {**self.options, "path": str(default_state_db(self.dir))}
 
 
 class PluginsConfig(_Section):
@@ -157,6 +170,33 @@ class Config(_Section):
         return self
 
 
+def _section_fields(path: tuple[str, ...]) -> list[str] | None:
+    """The setting names of the section at ``path`` (() = the section names), or None when
+    ``path`` is not a section."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    """``; did you mean 'batching.max_batch_size'?`` for an unknown setting, or ''."""
+    *section, key = loc
+    known = _section_fields(tuple(section)) or []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{'.'.join([*section, close[0]])}'?"
+    if len(loc) == 2:  # a known setting in the wrong section, e.g. [server] max_batch_size
+        for other in Config.model_fields:
+            if key in (_section_fields((other,)) or []):
+                return f"; did you mean '{other}.{key}'?"
+    return ""
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -164,9 +204,11 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         got = err.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = err["msg"]
+        hint = ""
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"{loc}: {msg}{got_s}")
+            hint = _did_you_mean(tuple(str(p) for p in err["loc"]))
+        lines.append(f"{loc}: {msg}{got_s}{hint}")
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
@@ -230,12 +272,3 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("EXPLORANK_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "explorank"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from explorank import __version__
 from explorank.engine.bundle import read_manifest
-from explorank.engine.config import default_cache_dir
 from explorank.errors import BundleError, ConfigError
+from explorank.paths import default_cache_dir
 
 log = logging.getLogger("explorank.engine")
 

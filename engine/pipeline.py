@@ -124,7 +124,7 @@ class Engine:
         )
         if store is None:
             self.plugins.require("state store", config.state.store)
-            store = self.plugins.create_store(config.state.store, **config.state.options)
+            store = self.plugins.create_store(config.state.store, **config.state.store_options())
         self.store = store
         self.events = EventLog(store)
         self.feedback = Feedback(

@@ -16,7 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from explorank.engine.grpc_errors import status_for
 from explorank.engine.pipeline import Engine
+from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
+from explorank.errors import ConfigError
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
 log = logging.getLogger("explorank.server")
@@ -160,14 +162,19 @@ class Server:
 
     async def start(self) -> int:
         sc = self.engine.config.server
-        self.port = self.grpc_server.add_insecure_port(f"{sc.host}:{sc.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {sc.host}:{sc.port} (port in use?)")
+        self.port = self._add_port(sc.host, sc.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.start()
         log.info("gRPC listening on %s:%d (warming up)", sc.host, self.port)
         if sc.metrics_port:
-            self._metrics_server = self.engine.metrics.serve_http(sc.metrics_port, sc.metrics_host)
+            try:
+                self._metrics_server = self.engine.metrics.serve_http(
+                    sc.metrics_port, sc.metrics_host
+                )
+            except OSError as exc:
+                raise port_error(
+                    sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING, exc
+                ) from None
             log.info("metrics on http://%s:%d/metrics", sc.metrics_host, sc.metrics_port)
         await self.engine.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -185,6 +192,19 @@ class Server:
             info["catalog_size"],
         )
         return self.port
+
+    def _add_port(self, host: str, port: int) -> int:
+        """Bind the gRPC port; a failure is a :class:`ConfigError` naming the setting."""
+        try:
+            bound = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio >= 1.50 raises where it used to return 0
+            bound = 0
+        if bound == 0:
+            exc = bind_error(host, port)
+            if exc is not None:
+                raise port_error(host, port, GRPC_PORT_SETTING, exc)
+            raise ConfigError(f"cannot listen on {host}:{port} ({GRPC_PORT_SETTING})")
+        return int(bound)
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._stopping:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import grpc
 from explorank.engine.config import Config, load_config
 from explorank.engine.pipeline import Engine
 from explorank.engine.server import Server
+from explorank.launch import module_command
 
 
 def free_port() -> int:
@@ -82,13 +82,15 @@ class ProcessServer:
     """``explorank serve`` in a subprocess; ``port`` is known once it is SERVING."""
 
     def __init__(
-        self, args: list[str], workdir: Path, env: Mapping[str, str] | None = None
+        self,
+        args: list[str],
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = module_command(
             "explorank",
             "serve",
             "--port",
@@ -98,10 +100,12 @@ class ProcessServer:
             "--port-file",
             str(self.port_file),
             *args,
-        ]
+        )
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
+        )
         self.port = 0
 
     def wait_ready(self, timeout: float = 120.0) -> int:

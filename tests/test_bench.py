@@ -664,7 +664,7 @@ def _srow(
     }
 
 
-def test_serve_headline_ratios_and_targets() -> None:
+def test_serve_headline_ratios() -> None:
     from explorank.benchmarks.headlines import serve_headline
 
     rows = [
@@ -677,17 +677,11 @@ def test_serve_headline_ratios_and_targets() -> None:
     assert h["explorank_vs_peer_throughput"] == pytest.approx(3.0)
     assert h["batching_on_vs_off"] == pytest.approx(2.0)
     assert h["padding_efficiency"] == 0.9 and h["single_client_overhead_ms"] == pytest.approx(1.0)
-    assert h["met"] == {
-        "explorank_vs_peer_throughput": True,
-        "batching_on_vs_off": True,
-        "padding_efficiency": True,
-        "single_client_overhead_ms": True,
-    }
-    rows[-1]["p99_ms"] = 50.0  # the peer now has the lower p99: the throughput target is not met
-    assert serve_headline(rows, [1, 16], 5.0, 32)["met"]["explorank_vs_peer_throughput"] is False
+    assert h["explorank_p99_ms"] == 90 and h["peer_p99_ms"] == 400
+    assert "targets" not in h and "met" not in h  # measurements only, no internal goals
     only = serve_headline([_srow("explorank", 4, 10, 1, 2)], [4], None, None)  # nothing to compare
     assert only["concurrency"] == 4 and only["explorank_vs_peer_throughput"] is None
-    assert only["met"]["batching_on_vs_off"] is None and only["single_client_overhead_ms"] is None
+    assert only["batching_on_vs_off"] is None and only["single_client_overhead_ms"] is None
 
 
 def test_encoder_headline_at_32x64() -> None:
@@ -710,5 +704,35 @@ def test_encoder_headline_at_32x64() -> None:
     ]
     h = encoder_headline(rows, {"parity": {"int8": {"passed": True}}})
     assert h["int8_vs_pytorch"] == pytest.approx(2.4) and h["int8_vs_fp32"] == pytest.approx(1.6)
-    assert h["met"] == {"int8_vs_pytorch": False, "fp32_pct_of_ceiling": True}
+    assert h["fp32_pct_of_ceiling"] == 92.0 and h["fp32_vs_pytorch"] == pytest.approx(1.5)
+    assert "targets" not in h and "met" not in h
     assert h["int8_accuracy_gate_passed"] is True
+
+
+def test_reports_print_measured_ratios_without_internal_targets() -> None:
+    from explorank.benchmarks.bench_report import encoder_markdown, serve_markdown
+    from explorank.benchmarks.headlines import serve_headline
+
+    rows = [
+        _srow("explorank", 1, 80, 6.0, 9.0, 0.95),
+        _srow("explorank", 16, 300, 40, 90, 0.9),
+        _srow("explorank-nobatch", 16, 150, 80, 200),
+        _srow("torch-peer", 16, 100, 150, 400),
+    ]
+    for r in rows:
+        r.update(mode="closed", p90_ms=r["p99_ms"], completed=1, errors=0, avg_batch_size=None)
+    serve_md = serve_markdown({"headline": serve_headline(rows, [1, 16], 5.0, 32), "rows": rows})
+    assert "**3.00×**; p99 90 ms vs 400 ms" in serve_md  # explorank vs peer
+    assert "**2.00×**" in serve_md and "**0.90**" in serve_md and "**1.00 ms**" in serve_md
+    headline = {
+        "shape": {"batch_size": 32, "seq_len": 64},
+        "int8_vs_pytorch": 2.4,
+        "fp32_vs_pytorch": 1.5,
+        "int8_vs_fp32": 1.6,
+        "fp32_pct_of_ceiling": 92.0,
+        "int8_accuracy_gate_passed": True,
+    }
+    encoder_md = encoder_markdown({"headline": headline, "rows": []})
+    assert "**2.40×**" in encoder_md and "**92.0%** of the matmul ceiling" in encoder_md
+    for md in (serve_md, encoder_md):
+        assert "target ≥" not in md and "target ≤" not in md

@@ -31,8 +31,19 @@ def test_serve_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "batching.max_batch_size" in err
 
 
+def test_serve_unknown_setting_suggests_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPLORANK__BATCHING__MAX_QUEUE_DELAY", "5")
+    assert main(["serve", "--bundle", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "batching.max_queue_delay: unknown setting (got 5)" in err
+    assert "did you mean 'batching.max_queue_delay_ms'?" in err
+
+
 def test_serve_missing_bundle_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--bundle", str(tmp_path / "nope"), "--metrics-port", "0"]) == 2
+    args = ["serve", "--bundle", str(tmp_path / "nope"), "--port", "0", "--metrics-port", "0"]
+    assert main(args) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
 
 

@@ -57,3 +57,45 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[server\nport=1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, environ={})
+
+
+def _error(path: Path | None = None, **kwargs: object) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, **kwargs)  # type: ignore[arg-type]
+    return str(exc.value)
+
+
+def test_unknown_setting_suggests_the_closest_one_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[batching]\nmax_batch_sise = 64\n")
+    assert _error(path, environ={}).endswith(
+        "batching.max_batch_sise: unknown setting (got 64); did you mean 'batching.max_batch_size'?"
+    )
+
+
+def test_unknown_setting_suggests_from_env_and_overrides() -> None:
+    env = {"EXPLORANK__SERVER__METRIC_PORT": "9000"}
+    assert (
+        "server.metric_port: unknown setting (got 9000); did you mean 'server.metrics_port'?"
+        in (_error(environ=env))
+    )
+    over = {"ranking": {"default_polcy": "ucb1"}}
+    assert "did you mean 'ranking.default_policy'?" in _error(environ={}, overrides=over)
+
+
+def test_unknown_section_suggests_a_section() -> None:
+    msg = _error(environ={}, overrides={"batchng": {"max_batch_size": 4}})
+    assert "batchng: unknown setting; did you mean 'batching'?" in msg
+
+
+def test_setting_in_the_wrong_section_names_the_right_one() -> None:
+    msg = _error(environ={}, overrides={"server": {"max_batch_size": 4}})
+    assert (
+        "server.max_batch_size: unknown setting (got 4); did you mean 'batching.max_batch_size'?"
+        in msg
+    )
+
+
+def test_no_suggestion_when_nothing_is_close() -> None:
+    msg = _error(environ={}, overrides={"server": {"zzz": 1}})
+    assert msg.endswith("server.zzz: unknown setting (got 1)")

@@ -13,5 +13,6 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
     assert cfg.server == default.server
     assert cfg.batching == default.batching
     assert cfg.backend == default.backend
+    assert cfg.state == default.state
     assert cfg.ranking.default_policy == default.ranking.default_policy
     assert cfg.ranking.policies["epsilon_greedy"] == {"epsilon": 0.1}

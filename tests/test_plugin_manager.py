@@ -224,6 +224,16 @@ def test_require_names_registered_and_load_errors(site: Path) -> None:
         pm.require("policy", "fancy_bandit")
     msg = str(info.value)
     assert "fancy_bandit" in msg and "lin_ts" in msg and "broken_plugin_mod" in msg
+    assert "registered policies: " in msg and "policys" not in msg
+
+
+@pytest.mark.parametrize(
+    ("kind", "plural"),
+    [("scorer", "scorers"), ("policy", "policies"), ("state store", "state stores")],
+)
+def test_require_pluralises_each_kind(kind: str, plural: str) -> None:
+    with pytest.raises(ConfigError, match=f"; registered {plural}: "):
+        PluginManager().require(kind, "no_such_plugin")
 
 
 def test_invalid_registration_reported_not_raised() -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from explorank import hookimpl
 from explorank.errors import ConfigError, ExplorankError, InvalidArgumentError
+from explorank.paths import default_state_db
 from explorank.plugins.api import (
     EventRecord,
     PolicyStats,
@@ -113,7 +114,7 @@ class SqliteStore(StateStore):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.path = Path(options.get("path", "explorank-state.db"))
+        self.path = Path(options.get("path") or default_state_db())
         self.synchronous = str(options.get("synchronous", "FULL")).upper()
         if self.synchronous not in SYNC_MODES:
             raise ConfigError(f"state.options.synchronous: must be one of {', '.join(SYNC_MODES)}")
