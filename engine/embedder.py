@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from explorank.engine.bundle import Bundle
     from explorank.engine.config import BatchingConfig, CacheConfig
     from explorank.engine.metrics import EngineMetrics
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
 __all__ = ["Candidates", "Embedder"]
 

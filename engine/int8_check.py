@@ -29,14 +29,14 @@ import numpy as np
 
 from explorank.engine.cpu import int8_kernels
 from explorank.engine.parity import DEFAULT_TOLERANCES, embedding_metrics, misses
-from explorank.engine.tokenize import pad_batch
+from explorank.engine.tokenizer import pad_batch
 from explorank.errors import ConfigError
 
 if TYPE_CHECKING:
     from explorank.engine.backends import Backend
     from explorank.engine.bundle import Bundle
     from explorank.engine.config import BackendConfig
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
 __all__ = ["Int8Check", "PrecisionChoice", "check_int8", "choose_encoder", "sample_indices"]
 

@@ -81,7 +81,7 @@ class Engine:
         backend: Any = None,
     ) -> None:
         from explorank.engine.int8_check import PrecisionChoice, choose_encoder
-        from explorank.engine.tokenize import Tokenizer
+        from explorank.engine.tokenizer import Tokenizer
 
         self.config = config
         self.bundle = bundle

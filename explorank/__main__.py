@@ -1,3 +1,3 @@
-from explorank.engine.cli import main
+from explorank.cli import main
 
 raise SystemExit(main())

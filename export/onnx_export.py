@@ -218,14 +218,3 @@ def load_tokenizer(model_dir: Path, max_seq_length: int) -> Any:
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids per text (with special tokens, truncated), unpadded."""
     return [enc.ids for enc in tokenizer.encode_batch(texts)]
-
-
-def pad_batch(rows: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad ``rows`` to their longest member: ``(input_ids, attention_mask)`` int64."""
-    width = max(1, max(len(r) for r in rows))
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask

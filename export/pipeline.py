@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from explorank.engine.int8_check import sample_indices
+from explorank.engine.tokenizer import pad_batch
 from explorank.errors import InvalidArgumentError
 from explorank.export import bundle_writer as bw
 from explorank.export import heads as heads_mod
@@ -76,7 +77,7 @@ def encode_sorted(
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
-        ids, mask = onnx_export.pad_batch([list(rows[i]) for i in idx])
+        ids, mask = pad_batch([list(rows[i]) for i in idx])
         emb = run(ids, mask)
         if out is None:
             out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
@@ -278,9 +279,7 @@ def export_bundle(
                 entry = tensorrt_build.build_plan(
                     raw, stage / "encoder.plan", max_seq_length=max_seq_length
                 )
-                batches = [
-                    onnx_export.pad_batch(val_rows[s : s + 64]) for s in range(0, len(val_rows), 64)
-                ]
+                batches = [pad_batch(val_rows[s : s + 64]) for s in range(0, len(val_rows), 64)]
                 plan_val = tensorrt_build.run_plan(stage / "encoder.plan", batches, entry)
                 report["fp16"] = parity.gate(
                     "fp16", parity.embedding_metrics(fp32_val, plan_val), tolerances["fp16"]

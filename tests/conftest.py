@@ -1,7 +1,7 @@
 """Session fixtures shared by the whole suite: tiny model, tiny catalog, tiny and MiniLM bundles.
 
 * ``tiny_model_dir``: a random 2-layer BERT (hidden 32) with a working WordPiece tokenizer,
-  from :func:`explorank.export.tiny.build_tiny_model` (seed 0).
+  from :func:`tiny_model.build_tiny_model` (seed 0).
 * ``tiny_catalog``: a JSONL catalog of 60 items with descriptive texts of varied length
   (a handful of words up to a few sentences, plus one item ``item-long`` of well over 128
   tokens, so truncation is exercised).
@@ -39,14 +39,14 @@ def write_catalog(path: Path, items: list[dict[str, str]]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from explorank.export.tiny import build_tiny_model
+    from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from explorank.export.tiny import tiny_catalog_items
+    from tiny_model import tiny_catalog_items
 
     items = tiny_catalog_items(59, seed=0)
     # One long item (well over 128 tokens) so that truncation to max_seq_length is exercised.
@@ -87,7 +87,7 @@ def tiny_int8_bundle(
 
 @pytest.fixture(scope="session")
 def minilm_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from explorank.export.tiny import tiny_catalog_items
+    from tiny_model import tiny_catalog_items
 
     return write_catalog(
         tmp_path_factory.mktemp("minilm_catalog") / "catalog.jsonl",

@@ -443,7 +443,7 @@ def test_tiny_bundle_reproduces_stored_item_embeddings(tiny_bundle: Path) -> Non
 
     from explorank.engine.batcher import DynamicBatcher
     from explorank.engine.bundle import load_bundle
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     b = load_bundle(tiny_bundle)
     tok = Tokenizer.from_bundle(b)
@@ -474,7 +474,7 @@ def test_tiny_bundle_reproduces_stored_item_embeddings(tiny_bundle: Path) -> Non
 
 def test_gated_int8_stays_close_to_stored_embeddings(tiny_int8_bundle: Path) -> None:
     from explorank.engine.bundle import load_bundle
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     b = load_bundle(tiny_int8_bundle)
     tok = Tokenizer.from_bundle(b)

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from explorank.benchmarks.encoder_bench import (
+from explorank.benchmarks.latency.encoder_bench import (
     EncoderBenchConfig,
     percentiles,
     run_encoder_bench,
     time_shape,
 )
-from explorank.benchmarks.flops import EncoderArch, encoder_flops
-from explorank.benchmarks.serve_load import RequestFactory, closed_loop, open_loop
-from explorank.benchmarks.serve_procs import check_loopback, parse_metrics, window_stats
+from explorank.benchmarks.latency.flops import EncoderArch, encoder_flops
+from explorank.benchmarks.latency.serve_load import RequestFactory, closed_loop, open_loop
+from explorank.benchmarks.latency.serve_procs import check_loopback, parse_metrics, window_stats
 from explorank.errors import InvalidArgumentError
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -199,7 +199,7 @@ def test_time_shape_budget_caps_repeats_but_keeps_the_minimum() -> None:
 
 
 def _check_encoder_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
-    from explorank.benchmarks.bench_report import write_encoder_report
+    from explorank.benchmarks.latency.report import write_encoder_report
 
     write_encoder_report(report, out, "explorank bench encoder (test)")
     data = json.loads((out / "report.json").read_text())
@@ -223,7 +223,7 @@ def _check_encoder_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
 def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
     tiny_int8_bundle: Path, tmp_path: Path
 ) -> None:
-    from explorank.benchmarks import encoder_backends
+    from explorank.benchmarks.latency import encoder_backends
     from explorank.engine.backends import cuda_device_count
 
     calls: list[str] = []
@@ -299,7 +299,7 @@ def test_encoder_bench_with_pytorch_baseline(
 def test_pytorch_model_dir_resolution_and_skip_reason(tiny_model_dir: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from explorank.benchmarks.encoder_backends import open_backends, resolve_model_dir
+    from explorank.benchmarks.latency.encoder_backends import open_backends, resolve_model_dir
 
     recorded = SimpleNamespace(
         manifest={"source": {"model_dir": str(tiny_model_dir)}}, model_name="m"
@@ -326,7 +326,7 @@ def test_pytorch_model_dir_resolution_and_skip_reason(tiny_model_dir: Path, tmp_
 def test_bench_cli_bad_input_exits_2(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from explorank.engine.cli import main
+    from explorank.cli import main
 
     assert main(["bench", "encoder", "--bundle", str(tiny_bundle), "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
@@ -550,10 +550,10 @@ def test_loopback_addresses_are_accepted_and_format_checked() -> None:
 @pytest.mark.timeout(300)
 def test_torch_peer_ranks_like_the_bundle_encoder(tiny_bundle: Path, tiny_model_dir: Path) -> None:
     pytest.importorskip("torch")
-    from explorank.benchmarks.peer_torch_server import TorchEncoder, build_server
+    from explorank.benchmarks.latency.peer_torch_server import TorchEncoder, build_server
     from explorank.engine.backends import create_backend
     from explorank.engine.bundle import load_bundle
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     bundle = load_bundle(tiny_bundle)
     server, port, _ = build_server(
@@ -600,8 +600,8 @@ def test_serve_bench_end_to_end_quick(
         pytest.skip(
             "explorank.engine.server is not importable: the engine's server is not built yet"
         )
-    from explorank.benchmarks.bench_report import write_serve_report
-    from explorank.benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
+    from explorank.benchmarks.latency.report import write_serve_report
+    from explorank.benchmarks.latency.serve_bench import ServeBenchConfig, run_serve_bench
 
     targets = ["explorank", "explorank-nobatch"]
     if importlib.util.find_spec("torch") is not None:
@@ -665,7 +665,7 @@ def _srow(
 
 
 def test_serve_headline_ratios() -> None:
-    from explorank.benchmarks.headlines import serve_headline
+    from explorank.benchmarks.latency.headlines import serve_headline
 
     rows = [
         _srow("explorank", 1, 80, 6.0, 9.0, 0.95),
@@ -685,7 +685,7 @@ def test_serve_headline_ratios() -> None:
 
 
 def test_encoder_headline_at_32x64() -> None:
-    from explorank.benchmarks.headlines import encoder_headline
+    from explorank.benchmarks.latency.headlines import encoder_headline
 
     def row(backend: str, thr: float, pct: float | None = None, b: int = 32) -> dict[str, Any]:
         return {
@@ -710,8 +710,8 @@ def test_encoder_headline_at_32x64() -> None:
 
 
 def test_reports_print_measured_ratios_without_internal_targets() -> None:
-    from explorank.benchmarks.bench_report import encoder_markdown, serve_markdown
-    from explorank.benchmarks.headlines import serve_headline
+    from explorank.benchmarks.latency.headlines import serve_headline
+    from explorank.benchmarks.latency.report import encoder_markdown, serve_markdown
 
     rows = [
         _srow("explorank", 1, 80, 6.0, 9.0, 0.95),

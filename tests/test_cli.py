@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from explorank.engine.cli import COMMANDS, main
+from explorank.cli import COMMANDS, main
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +56,7 @@ def test_rank_without_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]
 def test_engine_imports_without_torch() -> None:
     """The serving path must not import torch or transformers."""
     code = (
-        "import sys; import explorank.engine.server, explorank.engine.pipeline, explorank.engine.cli_serve; "
+        "import sys; import explorank.engine.server, explorank.engine.pipeline, explorank.cli.serve; "
         "import explorank.plugins.manager; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from explorank.cli import main
+from explorank.cli.rank import format_result, shorten
 from explorank.engine.bundle import load_bundle
-from explorank.engine.cli import main
-from explorank.engine.cli_client import format_result, shorten
 from explorank.engine.requests import RankedItemOutput, RankOutput
 from tests.fp32_bundle import fp32_bundle_for
 from tests.server_harness import ThreadServer, make_config

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from explorank.benchmarks.simulator import rank_step
+from explorank.benchmarks.evaluation.simulator import rank_step
 from explorank.engine import decision as core
 from explorank.engine.bundle import load_bundle
 from explorank.engine.pipeline import Engine

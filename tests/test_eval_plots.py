@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.markers import MarkerStyle  # noqa: E402
 
-from explorank.benchmarks.eval_report import MARKERS, reward_coverage_figure  # noqa: E402
+from explorank.benchmarks.evaluation.report import MARKERS, reward_coverage_figure  # noqa: E402
 
 POLICIES = ["greedy", "epsilon_greedy", "softmax", "ucb1", "thompson", "linucb", "lin_ts"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from explorank.benchmarks import eval_metrics as m
-from explorank.benchmarks.replay import BIAS_CAVEAT, replay
-from explorank.benchmarks.representations import IdRepresentation
-from explorank.engine.cli import main
+from explorank.benchmarks.evaluation import metrics as m
+from explorank.benchmarks.evaluation.replay import BIAS_CAVEAT, replay
+from explorank.benchmarks.evaluation.representations import IdRepresentation
+from explorank.cli import main
 from explorank.plugins.api import (
     Policy,
     PolicyStats,

@@ -115,7 +115,7 @@ def test_pip_installed_example_found_through_entry_point(tmp_path: Path) -> None
     assert probe(EXPLORANK_PLUGINS="someone-else")["found"] is False
 
     cli = subprocess.run(
-        [sys.executable, "-m", "explorank.engine.cli", "plugins", "--json"],
+        [sys.executable, "-m", "explorank", "plugins", "--json"],
         env=env,
         cwd=tmp_path,
         check=True,

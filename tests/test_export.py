@@ -19,6 +19,7 @@ from explorank.engine.bundle import (
     sha256_file,
     verify_bundle,
 )
+from explorank.engine.tokenizer import pad_batch
 from explorank.errors import BundleError, ExportError, InvalidArgumentError, ParityError
 from explorank.export import heads as heads_mod
 from explorank.export import onnx_export, parity, quantize, tensorrt_build
@@ -47,10 +48,9 @@ def fused_session(tiny_bundle: Path):  # type: ignore[no-untyped-def]
 
 
 def test_tiny_model_is_deterministic_and_tokenizes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tiny_model import build_tiny_model
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
-
-    from explorank.export.tiny import build_tiny_model
 
     again = build_tiny_model(tmp_path / "again", seed=0)
     other = build_tiny_model(tmp_path / "other", seed=1)
@@ -130,7 +130,7 @@ def test_manifest_and_catalog_embeddings(tiny_bundle: Path, tiny_torch, tiny_cat
     rows = onnx_export.tokenize(tok, [it["text"] for it in source])
     assert max(len(r) for r in rows) == manifest["max_seq_length"]  # truncation happened
     for i in (0, 7, 31, 59):
-        ids, mask = onnx_export.pad_batch([rows[i]])
+        ids, mask = pad_batch([rows[i]])
         ref = onnx_export.torch_embed(module, ids, mask)[0]
         assert np.max(np.abs(bundle.item_embeddings[i] - ref)) <= 1e-4
 
@@ -199,7 +199,7 @@ def test_int8_gate_miss_keeps_previous_bundle(
 def test_trained_heads_csv_catalog_and_cli(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from explorank.engine.cli import main
+    from explorank.cli import main
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from explorank.engine.bundle import load_bundle, read_manifest
+from explorank.engine.tokenizer import pad_batch
 from explorank.export import onnx_export
 from explorank.export.pipeline import default_catalog_path, export_bundle
 
@@ -39,7 +40,7 @@ def test_minilm_int8_encoder_ranks_like_fp32(minilm_bundle: Path, minilm_catalog
     bundle = load_bundle(minilm_bundle)
     texts = [json.loads(line)["text"] for line in minilm_catalog.read_text().splitlines()]
     tok = onnx_export.load_tokenizer(minilm_bundle / "tokenizer", bundle.max_seq_length)
-    ids, mask = onnx_export.pad_batch(onnx_export.tokenize(tok, texts[:64]))
+    ids, mask = pad_batch(onnx_export.tokenize(tok, texts[:64]))
     sess = ort.InferenceSession(
         str(minilm_bundle / "encoder.int8.onnx"), providers=["CPUExecutionProvider"]
     )

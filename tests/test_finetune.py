@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorank.engine.cli import main as cli_main
+from explorank.cli import main as cli_main
 from explorank.errors import InvalidArgumentError
 from explorank.export.data import Dataset, Interaction, Item, load_dataset
-from explorank.export.finetune import FinetuneResult, finetune
-from explorank.export.finetune_heads import mf_scores, neural_scores, recall_at_k
-from explorank.export.two_tower import split_dataset
+from explorank.export.training.finetune import FinetuneResult, finetune
+from explorank.export.training.heads import mf_scores, neural_scores, recall_at_k
+from explorank.export.training.two_tower import split_dataset
 
 pytestmark = pytest.mark.timeout(180)
 

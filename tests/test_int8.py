@@ -21,7 +21,7 @@ from explorank.engine.bundle import load_bundle, read_manifest, sha256_file
 from explorank.engine.config import load_config
 from explorank.engine.int8_check import check_int8, choose_encoder, sample_indices
 from explorank.engine.pipeline import Engine
-from explorank.engine.tokenize import Tokenizer
+from explorank.engine.tokenizer import Tokenizer
 from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.export import quantize
 from explorank.export.pipeline import export_bundle

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from explorank import __version__
-from explorank.benchmarks import serve_bench
-from explorank.benchmarks.serve_procs import explorank_command, peer_command
-from explorank.engine.cli import main
+from explorank.benchmarks.latency import serve_bench
+from explorank.benchmarks.latency.serve_procs import explorank_command, peer_command
+from explorank.cli import main
 from explorank.launch import _BOOTSTRAP, module_command
 from tests.fp32_bundle import fp32_bundle_for
 

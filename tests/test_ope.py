@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorank.benchmarks import ope
+from explorank.benchmarks.evaluation import ope
 from explorank.errors import InvalidArgumentError
 
 R = np.array([1.0, 0.0, 1.0, 0.5])
@@ -240,7 +240,7 @@ def _write_log(path: Path, n: int = 800, k: int = 5, seed: int = 0) -> float:
 def test_ope_command_recovers_greedy_value(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from explorank.engine.cli import main
+    from explorank.cli import main
 
     log = tmp_path / "events.jsonl"
     truth = _write_log(log)
@@ -260,7 +260,7 @@ def test_ope_command_recovers_greedy_value(
 def test_ope_command_table_and_ess_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from explorank.engine.cli import main
+    from explorank.cli import main
 
     log = tmp_path / "events.jsonl"
     _write_log(log, n=100)
@@ -281,8 +281,8 @@ def test_ope_command_table_and_ess_warning(
 
 
 def test_first_position_probabilities_exact_for_epsilon_greedy() -> None:
-    from explorank.benchmarks.cli_ope import first_position_probs
-    from explorank.benchmarks.simulator import make_policy
+    from explorank.benchmarks.evaluation.log_ope import first_position_probs
+    from explorank.benchmarks.evaluation.simulator import make_policy
     from explorank.plugins.api import PolicyStats, RankContext
 
     policy = make_policy("epsilon_greedy", {"epsilon": 0.4})

@@ -55,7 +55,7 @@ def test_default_catalog_is_package_data_of_a_declared_package() -> None:
 
 
 def test_serve_warns_when_both_onnxruntime_builds_are_installed() -> None:
-    from explorank.engine.cli_serve import onnxruntime_conflict
+    from explorank.cli.serve import onnxruntime_conflict
 
     assert onnxruntime_conflict(["onnxruntime"]) is None
     assert onnxruntime_conflict(["onnxruntime-gpu"]) is None

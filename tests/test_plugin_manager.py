@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from explorank import __version__, hookimpl
-from explorank.engine.cli import main as cli_main
+from explorank.cli import main as cli_main
 from explorank.errors import ConfigError
 from explorank.plugins.api import Policy, RankContext, Ranking
 from explorank.plugins.errors import UnknownPluginError

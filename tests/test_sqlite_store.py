@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from explorank.engine import cli_events
+from explorank.cli import events as cli_events
 from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError, StatsDelta
 from explorank.plugins.builtin import _records
@@ -222,7 +222,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         return store
 
     store = run(fill())  # left open: the CLI reads next to a live writer (WAL)
-    from explorank.engine.cli import main
+    from explorank.cli import main
 
     out = tmp_path / "events.jsonl"
     assert main(["events", "export", "--out", str(out), "--db", str(tmp_path / "s.db")]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from explorank.engine.cli import main
+from explorank.cli import main
 from explorank.engine.client import RankerClient
 from explorank.engine.config import Config, load_config
 from explorank.paths import default_cache_dir, default_state_db, default_state_dir

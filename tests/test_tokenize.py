@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorank.engine.tokenize import Tokenizer, pad_batch
+from explorank.engine.tokenizer import Tokenizer, pad_batch
 from explorank.errors import BundleError, ConfigError, InvalidArgumentError
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away"]

@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from explorank.benchmarks.eval_metrics import RunMetrics, popularity_probs
-from explorank.benchmarks.representations import Representation
-from explorank.benchmarks.worlds import World
+from explorank.benchmarks.evaluation.metrics import RunMetrics, popularity_probs
+from explorank.benchmarks.evaluation.representations import Representation
+from explorank.benchmarks.evaluation.worlds import World
 from explorank.engine import decision as core
 from explorank.errors import InvalidArgumentError
 from explorank.plugins.api import (

@@ -7,7 +7,7 @@ dimensions that matter for this data set; the item side is precomputable, so it 
 matmul per request). ``neural`` is an MLP over ``[u, v, u*v]`` that can model interactions a dot
 product cannot; it is trained as a binary classifier against sampled negatives.
 
-The saved arrays follow the layout the export reads (see :mod:`explorank.export.finetune`).
+The saved arrays follow the layout the export reads (see :mod:`explorank.export.training.finetune`).
 Everything here is plain torch + numpy on embeddings that are already computed, so it is fast.
 """
 

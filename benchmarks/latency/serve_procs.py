@@ -91,7 +91,7 @@ def peer_command(
     bundle: Path, model_dir: Path, port_file: Path, threads: int | None = None
 ) -> list[str]:
     cmd = module_command(
-        "explorank.benchmarks.peer_torch_server",
+        "explorank.benchmarks.latency.peer_torch_server",
         "--bundle",
         str(bundle),
         "--model",

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         len(dataset.interactions),
     )
 
-    from explorank.export.finetune import finetune, result_summary
+    from explorank.export.training.finetune import finetune, result_summary
 
     result = finetune(
         dataset, out, base_model=base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -14,7 +14,7 @@ passes, each wanting every core, only oversubscribe the CPU and lose throughput)
 request whose client already gave up is skipped instead of computed. There is no
 batching across requests: that is the point of comparison.
 
-Run: ``python -m explorank.benchmarks.peer_torch_server --bundle DIR --model HF_DIR --port 0 --port-file F``.
+Run: ``python -m explorank.benchmarks.latency.peer_torch_server --bundle DIR --model HF_DIR --port 0 --port-file F``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ user's ``history_len`` most recent earlier positives -> the target item). Batche
 trained with in-batch negatives (symmetric InfoNCE, temperature 0.05): each user should be
 closer to its own item than to the other items in the batch. Then the encoder is frozen, users
 and items are embedded once, and the ``mf`` and ``neural`` heads are fitted on those embeddings
-(:mod:`explorank.export.finetune_heads`).
+(:mod:`explorank.export.training.heads`).
 
 Evaluation: each user's last positive interaction is held out (never trained on); recall@10 over
 the whole catalog, excluding the user's other items, is measured before (base encoder) and after
@@ -39,14 +39,14 @@ import numpy as np
 
 from explorank.errors import InvalidArgumentError
 from explorank.export.data import Dataset
-from explorank.export.finetune_heads import (
+from explorank.export.training.heads import (
     mf_scores,
     neural_scores,
     recall_at_k,
     train_mf_head,
     train_neural_head,
 )
-from explorank.export.two_tower import (
+from explorank.export.training.two_tower import (
     Split,
     encode_texts,
     load_encoder,

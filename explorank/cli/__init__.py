@@ -29,32 +29,32 @@ from explorank.errors import (
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (
-        "explorank.engine.cli_serve",
+        "explorank.cli.serve",
         "serve a bundle over gRPC (builds the default bundle on first run)",
     ),
-    "rank": ("explorank.engine.cli_client", "call Rank on a running server"),
-    "reward": ("explorank.engine.cli_client_reward", "call Reward on a running server"),
-    "info": ("explorank.engine.cli_client_info", "call GetInfo on a running server"),
+    "rank": ("explorank.cli.rank", "call Rank on a running server"),
+    "reward": ("explorank.cli.reward", "call Reward on a running server"),
+    "info": ("explorank.cli.info", "call GetInfo on a running server"),
     "export": (
-        "explorank.export.cli_export",
+        "explorank.cli.export",
         "export an encoder + heads + catalog to a verified bundle",
     ),
     "finetune": (
-        "explorank.export.cli_finetune",
+        "explorank.cli.finetune",
         "fine-tune a BERT encoder (two-tower) and scoring heads",
     ),
-    "plugins": ("explorank.plugins.cli", "list registered scorers, policies and state stores"),
-    "events": ("explorank.engine.cli_events", "event log tools (export the joined log)"),
+    "plugins": ("explorank.cli.plugins", "list registered scorers, policies and state stores"),
+    "events": ("explorank.cli.events", "event log tools (export the joined log)"),
     "bench": (
-        "explorank.benchmarks.cli_bench",
+        "explorank.cli.bench",
         "latency benchmarks (encoder backends, end-to-end serving)",
     ),
     "evaluate": (
-        "explorank.benchmarks.cli_evaluate",
+        "explorank.cli.evaluate",
         "simulate / replay exploration policies and compare them",
     ),
     "ope": (
-        "explorank.benchmarks.cli_ope",
+        "explorank.cli.ope",
         "off-policy evaluation of a policy on an exported event log",
     ),
 }

@@ -39,7 +39,7 @@ def encode_texts(bundle: Any, texts: Sequence[str], batch_size: int = 64) -> np.
     Sorting by token count keeps padding small; the result is returned in input order,
     L2-normalised, float32 ``(len(texts), d)``."""
     from explorank.engine.backends import create_backend
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     tok = Tokenizer.from_bundle(bundle)
     ids = tok.encode_batch(list(texts), field="texts")

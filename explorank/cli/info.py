@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from explorank.engine.cli_client import add_common
+from explorank.cli.rank import add_common
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -179,8 +179,8 @@ def _command_line(args: argparse.Namespace, kind: str, flags: tuple[str, ...]) -
 
 
 def _run_encoder(args: argparse.Namespace) -> int:
-    from explorank.benchmarks.bench_report import write_encoder_report
-    from explorank.benchmarks.encoder_bench import EncoderBenchConfig, run_encoder_bench
+    from explorank.benchmarks.latency.encoder_bench import EncoderBenchConfig, run_encoder_bench
+    from explorank.benchmarks.latency.report import write_encoder_report
 
     given = dict(
         bundle=args.bundle,
@@ -211,8 +211,8 @@ def _run_encoder(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from explorank.benchmarks.bench_report import write_serve_report
-    from explorank.benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
+    from explorank.benchmarks.latency.report import write_serve_report
+    from explorank.benchmarks.latency.serve_bench import ServeBenchConfig, run_serve_bench
 
     given = dict(
         address=args.address,

@@ -29,10 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from explorank.benchmarks.encoder_bench import catalog_token_stream, make_inputs, percentiles
-from explorank.benchmarks.headlines import serve_headline
-from explorank.benchmarks.serve_load import LoadResult, RequestFactory, closed_loop, open_loop
-from explorank.benchmarks.serve_procs import (
+from explorank.benchmarks.latency.encoder_bench import (
+    catalog_token_stream,
+    make_inputs,
+    percentiles,
+)
+from explorank.benchmarks.latency.headlines import serve_headline
+from explorank.benchmarks.latency.serve_load import (
+    LoadResult,
+    RequestFactory,
+    closed_loop,
+    open_loop,
+)
+from explorank.benchmarks.latency.serve_procs import (
     ManagedServer,
     check_loopback,
     explorank_command,
@@ -261,11 +270,11 @@ def run_serve_bench(
 
     A target that cannot run here (the torch peer without torch) is listed in ``skipped``;
     one that crashes or never serves is listed in ``failed`` (and the command exits 1)."""
-    from explorank.benchmarks.encoder_backends import resolve_model_dir
+    from explorank.benchmarks.latency.encoder_backends import resolve_model_dir
     from explorank.benchmarks.machine import machine_info
     from explorank.engine.bundle import load_bundle
     from explorank.engine.default_bundle import ensure_default_bundle
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     config.validate()
     t_start = time.perf_counter()

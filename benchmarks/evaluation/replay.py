@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from explorank.benchmarks.representations import Representation
-from explorank.benchmarks.simulator import rank_step
+from explorank.benchmarks.evaluation.representations import Representation
+from explorank.benchmarks.evaluation.simulator import rank_step
 from explorank.engine import decision as core
 from explorank.plugins.api import Policy, Scorer
 

@@ -1,4 +1,5 @@
-"""``explorank ope``: off-policy evaluation of a registered policy on an exported event log.
+"""Off-policy evaluation of a registered policy on an exported event log (the command line
+is :mod:`explorank.cli.ope`).
 
 The log is the JSONL written by ``explorank events export`` (one event per line, rewards
 joined). The estimand is the target policy's expected reward **at the first position**:
@@ -38,37 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from explorank.benchmarks import ope
-from explorank.benchmarks.simulator import make_policy, make_scorer
+from explorank.benchmarks.evaluation import ope
+from explorank.benchmarks.evaluation.simulator import make_policy, make_scorer
 from explorank.engine import decision as core
 from explorank.errors import InvalidArgumentError
 from explorank.plugins.api import EventRecord, Policy, RankContext, ScorerContext
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log", type=Path, required=True, help="event log JSONL (explorank events export)"
-    )
-    p.add_argument("--policy", required=True, help="target policy name")
-    p.add_argument("--params", default="{}", help="target policy parameters (JSON object)")
-    p.add_argument(
-        "--scorer", help="rescore candidates with this scorer (default: the logged scores)"
-    )
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle whose catalog gives candidate embeddings (default: the default bundle, if built)",
-    )
-    p.add_argument(
-        "--min-ess", type=float, default=100.0, help="warn below this effective sample size"
-    )
-    p.add_argument("--samples", type=int, default=200, help="max target rankings per event")
-    p.add_argument("--tau", type=float, default=10.0, help="SWITCH-DR weight threshold")
-    p.add_argument("--max-weight", type=float, default=10.0, help="clipped IPS weight cap")
-    p.add_argument("--shrinkage", type=float, default=10.0, help="reward model pseudo-observations")
-    p.add_argument("--stats", choices=("sequential", "empty"), default="sequential")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -340,45 +315,3 @@ def _reward_model(
         rest = qs[~known].mean() if (~known).any() else 0.0
         q_target[e] = float(np.dot(probs[known], qs[known])) + resid * rest
     return q_logged, q_target
-
-
-def run(args: argparse.Namespace) -> int:
-    result = evaluate_log(args)
-    if result["missing_embeddings"]:
-        print(
-            f"WARNING: {result['missing_embeddings']} candidate embeddings were not in the bundle or the "
-            "log and are zeros; pass --bundle DIR for policies that use embeddings",
-            file=sys.stderr,
-        )
-    if args.json:
-        print(
-            json.dumps(
-                result,
-                indent=1,
-                default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o,
-            )
-        )
-    else:
-        print(
-            f"target policy {result['policy']} on {result['events']} events "
-            f"(logged mean first-position reward {result['logged_mean_reward']:.4f})"
-        )
-        print(f"{'estimator':<12}{'value':>10}{'stderr':>10}{'95% CI':>22}{'ESS':>10}")
-        for e in result["estimates"]:
-            ci = f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
-            print(
-                f"{e['name']:<12}{e['value']:>10.4f}{e['stderr']:>10.4f}{ci:>22}{e['ess']:>10.1f}"
-            )
-        if result["unresolved_events"]:
-            print(
-                f"note: {result['unresolved_events']} events left {result['mean_unresolved_mass']:.3f} mean "
-                f"probability mass unresolved after --samples {args.samples} (counted as 0)"
-            )
-    ess = next(e["ess"] for e in result["estimates"] if e["name"] == "ips")
-    if ess < args.min_ess:
-        print(
-            f"WARNING: effective sample size {ess:.1f} < --min-ess {args.min_ess:g}: too few logged "
-            "decisions resemble the target policy's; do not trust these estimates",
-            file=sys.stderr if args.json else sys.stdout,
-        )
-    return 0

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from explorank.benchmarks.encoder_backends import (
+from explorank.benchmarks.latency.encoder_backends import (
     BenchBackend,
     open_backends,
     resolve_model_dir,
 )
-from explorank.benchmarks.flops import EncoderArch, encoder_flops
-from explorank.benchmarks.headlines import encoder_headline
+from explorank.benchmarks.latency.flops import EncoderArch, encoder_flops
+from explorank.benchmarks.latency.headlines import encoder_headline
 from explorank.errors import InvalidArgumentError
 
 __all__ = [
@@ -285,12 +285,12 @@ def run_encoder_bench(
     backend_opener: Callable[..., tuple[list[BenchBackend], list[dict[str, str]]]] = open_backends,
 ) -> dict[str, Any]:
     """Run the grid and return the report dict (see docs/benchmarks.md for its schema)."""
-    from explorank.benchmarks.ceiling import measure_matmul_ceiling
+    from explorank.benchmarks.latency.ceiling import measure_matmul_ceiling
     from explorank.benchmarks.machine import machine_info
     from explorank.engine.bundle import load_bundle
     from explorank.engine.cpu import available_cpus
     from explorank.engine.default_bundle import ensure_default_bundle
-    from explorank.engine.tokenize import Tokenizer
+    from explorank.engine.tokenizer import Tokenizer
 
     config.validate()
     t_start = time.perf_counter()

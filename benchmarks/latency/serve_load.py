@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorank.benchmarks.encoder_bench import percentiles
+from explorank.benchmarks.latency.encoder_bench import percentiles
 from explorank.errors import InvalidArgumentError
 
 __all__ = ["LoadResult", "RequestFactory", "closed_loop", "open_loop"]

@@ -1,0 +1,1 @@
+"""explorank.benchmarks.latency: encoder and end-to-end serving latency benchmarks."""
