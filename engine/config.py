@@ -1,15 +1,19 @@
-"""Engine configuration: one small pydantic model per concern, combined into :class:`Config`.
+"""Engine configuration: one small pydantic model per concern, combined into :class:`Config`,
+a pydantic-settings ``BaseSettings``.
 
-Sources, lowest to highest precedence: defaults < TOML file (``--config``) < environment
-variables ``EXPLORANK__<SECTION>__<KEY>`` (values parsed as JSON when they parse, e.g.
-``EXPLORANK__BATCHING__MAX_BATCH_SIZE=64``) < command-line flags. Everything is validated
-at start-up; a bad value is a :class:`ConfigError` naming the setting.
+Sources, lowest to highest precedence (pydantic-settings merges them, section by section):
+defaults < TOML file (``--config``) < environment variables ``EXPLORANK__<SECTION>__<KEY>``
+(lists and tables as JSON, e.g. ``EXPLORANK__BATCHING__LENGTH_BUCKETS='[16, 32, 64]'``) <
+command-line flags. Everything is validated at start-up; a bad value is a :class:`ConfigError`
+naming the setting (and suggesting the closest known one for a typo). The fields below, with
+their comments, are the reference; ``examples/explorank.toml`` lists every one of them (a test
+keeps the two in step).
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -17,6 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from explorank.errors import ConfigError
 from explorank.paths import default_cache_dir as default_cache_dir  # re-exported
@@ -152,7 +163,18 @@ class PluginsConfig(_Section):
     override: list[str] = Field(default_factory=list)
 
 
-class Config(_Section):
+class Config(BaseSettings):
+    """Every setting of ``explorank serve`` (see the module docstring for the sources)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        validate_assignment=True,
+        env_parse_none_str="null",
+    )
+
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -168,6 +190,46 @@ class Config(_Section):
         if self.limits.default_top_k > self.limits.max_top_k:
             raise ValueError("limits.default_top_k must not exceed limits.max_top_k")
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init) > environment > TOML file > defaults; no .env or secret files."""
+        toml_path, environ = _SOURCES.get()
+        env: PydanticBaseSettingsSource = (
+            env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
+        )
+        if toml_path is None:
+            return (init_settings, env)
+        return (init_settings, env, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+
+#: (TOML file, environment) of the :func:`load_config` call in progress; None = os.environ.
+_SOURCES: contextvars.ContextVar[tuple[Path | None, Mapping[str, str] | None]] = (
+    contextvars.ContextVar("explorank_config_sources", default=(None, None))
+)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ`` (tests,
+    embedding applications)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = dict(environ)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        from pydantic_settings.sources.utils import parse_env_vars
+
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 def _section_fields(path: tuple[str, ...]) -> list[str] | None:
@@ -212,35 +274,17 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``EXPLORANK__SECTION__KEY=value`` -> {"section": {"key": value}}."""
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return out
+def _unknown_env_sections(environ: Mapping[str, str]) -> list[str]:
+    """``EXPLORANK__<SECTION>__...`` variables whose section does not exist: the settings
+    source would skip them silently, so they are reported as unknown settings."""
+    sections = set(Config.model_fields)
+    out = []
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX):
+            parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+            if parts and parts[0] not in sections:
+                out.append(".".join(parts))
+    return sorted(out)
 
 
 def load_config(
@@ -249,26 +293,32 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Defaults < TOML file < environment < ``overrides`` (from CLI flags)."""
-    data: dict[str, Any] = {}
+    """Defaults < TOML file < environment (``environ``, default ``os.environ``) <
+    ``overrides`` (from CLI flags). Raises :class:`ConfigError` naming every bad setting."""
+    toml_path: Path | None = None
     source = "defaults"
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist (check --config)")
+        toml_path = Path(path).expanduser()
+        if not toml_path.is_file():
+            raise ConfigError(f"config file {toml_path} does not exist (check --config)")
         try:
-            data = tomllib.loads(p.read_text())
+            tomllib.loads(toml_path.read_text())
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-        source = str(p)
-    env = env_overrides(environ)
-    if env:
-        data = _deep_merge(data, env)
+            raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from exc
+        source = str(toml_path)
+    env = os.environ if environ is None else environ
+    if any(k.upper().startswith(ENV_PREFIX) for k in env):
         source += " + environment"
     if overrides:
-        data = _deep_merge(data, overrides)
         source += " + command line"
+    unknown = _unknown_env_sections(env)
+    if unknown:
+        hints = [f"{u}: unknown setting{_did_you_mean(tuple(u.split('.')))}" for u in unknown]
+        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(hints))
+    token = _SOURCES.set((toml_path, environ))
     try:
-        return Config.model_validate(data)
+        return Config(**dict(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    finally:
+        _SOURCES.reset(token)

@@ -37,7 +37,7 @@ def test_serve_unknown_setting_suggests_one(
     monkeypatch.setenv("EXPLORANK__BATCHING__MAX_QUEUE_DELAY", "5")
     assert main(["serve", "--bundle", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "batching.max_queue_delay: unknown setting (got 5)" in err
+    assert "batching.max_queue_delay: unknown setting (got '5')" in err
     assert "did you mean 'batching.max_queue_delay_ms'?" in err
 
 

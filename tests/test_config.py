@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from explorank.engine.config import Config, env_overrides, load_config
+from explorank.engine.config import Config, load_config
 from explorank.errors import ConfigError
 
 
@@ -27,10 +27,37 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
     assert cfg.ranking.policies == {"epsilon_greedy": {"epsilon": 0.2}}
 
 
-def test_env_parsing_nested() -> None:
-    assert env_overrides({"EXPLORANK__STATE__OPTIONS__PATH": "/x.db", "OTHER": "1"}) == {
-        "state": {"options": {"path": "/x.db"}}
-    }
+def test_env_parsing_nested_and_typed() -> None:
+    cfg = load_config(
+        environ={
+            "EXPLORANK__STATE__OPTIONS__PATH": "/x.db",
+            "explorank__batching__length_buckets": "[64, 16]",
+            "EXPLORANK__CACHE__USER_TTL_S": "null",
+            "EXPLORANK__PLUGINS__BLOCK_EXTERNAL": "true",
+            "OTHER": "1",
+        }
+    )
+    assert cfg.state.options == {"path": "/x.db"}
+    assert cfg.batching.length_buckets == [16, 64]
+    assert cfg.cache.user_ttl_s is None and cfg.plugins.block_external is True
+
+
+def test_sections_merge_across_sources(tmp_path: Path) -> None:
+    """A flag for one setting of a section keeps the file's other settings of it."""
+    path = tmp_path / "c.toml"
+    path.write_text('[state]\nstore = "redis"\noptions = {url = "redis://h:1/0"}\n')
+    cfg = load_config(
+        path,
+        environ={"EXPLORANK__STATE__SYNC_INTERVAL_MS": "250"},
+        overrides={"state": {"reward_window_s": 60.0}},
+    )
+    assert cfg.state.store == "redis" and cfg.state.options == {"url": "redis://h:1/0"}
+    assert cfg.state.sync_interval_ms == 250.0 and cfg.state.reward_window_s == 60.0
+
+
+def test_unknown_env_section_is_an_error_not_ignored() -> None:
+    msg = _error(environ={"EXPLORANK__BATCHNG__MAX_BATCH_SIZE": "4"})
+    assert "batchng.max_batch_size: unknown setting" in msg
 
 
 @pytest.mark.parametrize(
@@ -76,7 +103,7 @@ def test_unknown_setting_suggests_the_closest_one_from_toml(tmp_path: Path) -> N
 def test_unknown_setting_suggests_from_env_and_overrides() -> None:
     env = {"EXPLORANK__SERVER__METRIC_PORT": "9000"}
     assert (
-        "server.metric_port: unknown setting (got 9000); did you mean 'server.metrics_port'?"
+        "server.metric_port: unknown setting (got '9000'); did you mean 'server.metrics_port'?"
         in (_error(environ=env))
     )
     over = {"ranking": {"default_polcy": "ucb1"}}
