@@ -385,11 +385,11 @@ def test_event_commits_are_lighter_than_reward_commits(tmp_path: Path) -> None:
         seen = []
         try:
             await store.log_event(make_event("e1"))
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
             assert await reward(store, "e1", "item-0")
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
             await store.log_event(make_event("e2"))
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
         finally:
             await store.close()
         return seen
