@@ -26,15 +26,17 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from explorank import hookimpl
-from explorank.errors import ConfigError, InvalidArgumentError
+from explorank.errors import InvalidArgumentError
 from explorank.paths import default_state_db
 from explorank.plugins.api import (
     EventRecord,
+    PluginParams,
     PolicyStats,
     RewardRecord,
     StateStore,
@@ -47,7 +49,7 @@ from explorank.plugins.builtin.sqlite_schema import StatKey, StatsTx
 from explorank.plugins.builtin.sqlite_writer import SqliteWriter, map_error
 
 T = TypeVar("T")
-SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 
 class SqliteStore(StateStore):
@@ -58,37 +60,57 @@ class SqliteStore(StateStore):
     shared = False
     supports_window_close = True
 
-    OPTIONS = (
-        "path",
-        "synchronous",
-        "events_synchronous",
-        "busy_timeout_ms",
-        "retention_max_age_s",
-        "retention_max_events",
-        "max_batch",
-        "read_only",
-    )
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.path = Path(options.get("path") or default_state_db())
-        self.synchronous = str(options.get("synchronous", "FULL")).upper()
-        if self.synchronous not in SYNC_MODES:
-            raise ConfigError(f"state.options.synchronous: must be one of {', '.join(SYNC_MODES)}")
+    class Options(PluginParams):
+        path: Path | None = Field(
+            None, description="the database file; default: state.db in the state directory"
+        )
+        synchronous: SyncLevel = Field(
+            "FULL",
+            description="sync level of a commit that holds a reward; FULL or EXTRA survive "
+            "a power cut",
+        )
         # Rank events are on every request's path; a commit holding only events uses this
         # level. NORMAL in WAL mode survives a process crash (kill -9) but not a power cut;
         # any commit that holds a reward uses ``synchronous`` (FULL), which also makes every
         # earlier event durable.
-        self.events_synchronous = str(options.get("events_synchronous", "NORMAL")).upper()
-        if self.events_synchronous not in SYNC_MODES:
-            raise ConfigError(
-                f"state.options.events_synchronous: must be one of {', '.join(SYNC_MODES)}"
-            )
-        self.busy_timeout_ms = _positive_int(options, "busy_timeout_ms", 5000)
-        self.max_batch = _positive_int(options, "max_batch", 256)
-        self.retention_max_age_s: float | None = options.get("retention_max_age_s")
-        self.retention_max_events: int | None = options.get("retention_max_events")
-        self.read_only = bool(options.get("read_only", False))
+        events_synchronous: SyncLevel = Field(
+            "NORMAL",
+            description="sync level of a commit that holds only events (NORMAL: survives "
+            "kill -9, not a power cut)",
+        )
+        busy_timeout_ms: int = Field(5000, gt=0, description="wait this long for a lock")
+        retention_max_age_s: float | None = Field(
+            None, gt=0, description="apply_retention(None, None) drops events older than this"
+        )
+        retention_max_events: int | None = Field(
+            None, ge=1, description="apply_retention(None, None) keeps only this many events"
+        )
+        max_batch: int = Field(256, gt=0, description="operations per group commit, at most")
+        read_only: bool = Field(
+            False, description="open an existing file read-only (events export)"
+        )
+
+        @field_validator("synchronous", "events_synchronous", mode="before")
+        @classmethod
+        def _upper(cls, v: Any) -> Any:
+            return v.upper() if isinstance(v, str) else v
+
+        @field_validator("path", mode="before")
+        @classmethod
+        def _blank_is_default(cls, v: Any) -> Any:
+            return None if v == "" else v
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        self.path = Path(o.path or default_state_db())
+        self.synchronous: str = o.synchronous
+        self.events_synchronous: str = o.events_synchronous
+        self.busy_timeout_ms = int(o.busy_timeout_ms)
+        self.max_batch = int(o.max_batch)
+        self.retention_max_age_s: float | None = o.retention_max_age_s
+        self.retention_max_events: int | None = o.retention_max_events
+        self.read_only = bool(o.read_only)
         self._writer: SqliteWriter[StatsTx] | None = None
         self._reader: cf.ThreadPoolExecutor | None = None
         self._read_local = threading.local()
@@ -227,13 +249,6 @@ class SqliteStore(StateStore):
             raise map_error(exc, self.path) from exc
         finally:
             conn.close()
-
-
-def _positive_int(options: Mapping[str, Any], name: str, default: int) -> int:
-    value = options.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"state.options.{name}: must be a positive integer, got {value!r}")
-    return value
 
 
 @hookimpl
