@@ -203,12 +203,14 @@ def test_parquet_export(tmp_path: Path) -> None:
 
 
 def test_options_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown sqlite option"):
+    with pytest.raises(ConfigError, match="unknown parameter 'pth'"):
         SqliteStore(pth="x.db")
     with pytest.raises(ConfigError, match="synchronous"):
         SqliteStore(synchronous="SOMETIMES")
     with pytest.raises(ConfigError, match="busy_timeout_ms"):
         SqliteStore(busy_timeout_ms=-1)
+    store = SqliteStore(path=str(tmp_path / "x.db"), synchronous="extra", events_synchronous="Full")
+    assert (store.synchronous, store.events_synchronous) == ("EXTRA", "FULL")
     with pytest.raises(InvalidArgumentError, match="no sqlite state database"):
         run(SqliteStore(path=str(tmp_path / "missing.db"), read_only=True).open())
 
@@ -385,11 +387,11 @@ def test_event_commits_are_lighter_than_reward_commits(tmp_path: Path) -> None:
         seen = []
         try:
             await store.log_event(make_event("e1"))
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
             assert await reward(store, "e1", "item-0")
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
             await store.log_event(make_event("e2"))
-            seen.append(store._current_sync)
+            seen.append(store._writer.sync_level)
         finally:
             await store.close()
         return seen

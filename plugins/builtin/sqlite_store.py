@@ -7,35 +7,36 @@ after ``kill -9`` or a power cut the stored statistics are exactly the sum of th
 of the stored rewards, and every acknowledged reward is stored.
 
 The event loop never touches the disk: every write goes through one writer thread fed
-by a queue. When writes queue up the thread runs them in one transaction (group
-commit: one fsync for many rewards) and resolves each caller's future only after COMMIT.
-Each operation runs inside a SAVEPOINT, so one bad operation fails alone. Reads
-(``get_event``, ``load_stats``) use a second connection on a reader thread; WAL lets
-them run while the writer commits. ``export_events`` uses its own connection and one
-read transaction, so the export is a consistent snapshot.
+by a queue (:mod:`~explorank.plugins.builtin.sqlite_writer`). When writes queue up the
+thread runs them in one transaction (group commit: one fsync for many rewards) and
+resolves each caller's future only after COMMIT. Each operation runs inside a SAVEPOINT,
+so one bad operation fails alone. Reads (``get_event``, ``load_stats``) use a second
+connection on a reader thread; WAL lets them run while the writer commits.
+``export_events`` uses its own connection and one read transaction, so the export is a
+consistent snapshot. The schema and the SQL are in
+:mod:`~explorank.plugins.builtin.sqlite_schema`; this module holds the options, the
+lifecycle and the async API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import contextlib
-import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from explorank import hookimpl
-from explorank.errors import ConfigError, ExplorankError, InvalidArgumentError
+from explorank.errors import InvalidArgumentError
 from explorank.paths import default_state_db
 from explorank.plugins.api import (
     EventRecord,
+    PluginParams,
     PolicyStats,
     RewardRecord,
     StateStore,
@@ -43,54 +44,12 @@ from explorank.plugins.api import (
     StatsDelta,
 )
 from explorank.plugins.builtin import _records
-from explorank.plugins.errors import PluginError
+from explorank.plugins.builtin import sqlite_schema as sql
+from explorank.plugins.builtin.sqlite_schema import StatKey, StatsTx
+from explorank.plugins.builtin.sqlite_writer import SqliteWriter, map_error
 
-log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    event_id      TEXT PRIMARY KEY,
-    created_at    REAL NOT NULL,
-    user_id       TEXT NOT NULL,
-    scorer        TEXT NOT NULL,
-    policy        TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    top_k         INTEGER NOT NULL,
-    payload       BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (created_at, event_id);
-CREATE TABLE IF NOT EXISTS rewards (
-    event_id   TEXT NOT NULL,
-    item_id    TEXT NOT NULL,
-    value      REAL NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (event_id, item_id)
-);
-CREATE TABLE IF NOT EXISTS stats (
-    policy TEXT NOT NULL,
-    kind   TEXT NOT NULL CHECK (kind IN ('item', 'array')),
-    key    TEXT NOT NULL,
-    value  BLOB NOT NULL,
-    shape  TEXT NOT NULL,
-    PRIMARY KEY (policy, kind, key)
-);
-CREATE TABLE IF NOT EXISTS closed_events (
-    event_id TEXT PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS policy_versions (
-    policy  TEXT PRIMARY KEY,
-    version INTEGER NOT NULL
-);
-"""
-SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-StatKey = tuple[str, str, str]  # (policy, kind, key)
-
-
-@dataclass
-class _Op:
-    kind: str  # "event" | "reward" | "retention"
-    args: tuple[Any, ...]
-    future: cf.Future[Any]
+T = TypeVar("T")
+SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 
 class SqliteStore(StateStore):
@@ -101,40 +60,58 @@ class SqliteStore(StateStore):
     shared = False
     supports_window_close = True
 
-    OPTIONS = (
-        "path",
-        "synchronous",
-        "events_synchronous",
-        "busy_timeout_ms",
-        "retention_max_age_s",
-        "retention_max_events",
-        "max_batch",
-        "read_only",
-    )
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.path = Path(options.get("path") or default_state_db())
-        self.synchronous = str(options.get("synchronous", "FULL")).upper()
-        if self.synchronous not in SYNC_MODES:
-            raise ConfigError(f"state.options.synchronous: must be one of {', '.join(SYNC_MODES)}")
+    class Options(PluginParams):
+        path: Path | None = Field(
+            None, description="the database file; default: state.db in the state directory"
+        )
+        synchronous: SyncLevel = Field(
+            "FULL",
+            description="sync level of a commit that holds a reward; FULL or EXTRA survive "
+            "a power cut",
+        )
         # Rank events are on every request's path; a commit holding only events uses this
         # level. NORMAL in WAL mode survives a process crash (kill -9) but not a power cut;
         # any commit that holds a reward uses ``synchronous`` (FULL), which also makes every
         # earlier event durable.
-        self.events_synchronous = str(options.get("events_synchronous", "NORMAL")).upper()
-        if self.events_synchronous not in SYNC_MODES:
-            raise ConfigError(
-                f"state.options.events_synchronous: must be one of {', '.join(SYNC_MODES)}"
-            )
-        self._current_sync = self.synchronous
-        self.busy_timeout_ms = _positive_int(options, "busy_timeout_ms", 5000)
-        self.max_batch = _positive_int(options, "max_batch", 256)
-        self.retention_max_age_s: float | None = options.get("retention_max_age_s")
-        self.retention_max_events: int | None = options.get("retention_max_events")
-        self.read_only = bool(options.get("read_only", False))
-        self._queue: Any = None
-        self._writer: threading.Thread | None = None
+        events_synchronous: SyncLevel = Field(
+            "NORMAL",
+            description="sync level of a commit that holds only events (NORMAL: survives "
+            "kill -9, not a power cut)",
+        )
+        busy_timeout_ms: int = Field(5000, gt=0, description="wait this long for a lock")
+        retention_max_age_s: float | None = Field(
+            None, gt=0, description="apply_retention(None, None) drops events older than this"
+        )
+        retention_max_events: int | None = Field(
+            None, ge=1, description="apply_retention(None, None) keeps only this many events"
+        )
+        max_batch: int = Field(256, gt=0, description="operations per group commit, at most")
+        read_only: bool = Field(
+            False, description="open an existing file read-only (events export)"
+        )
+
+        @field_validator("synchronous", "events_synchronous", mode="before")
+        @classmethod
+        def _upper(cls, v: Any) -> Any:
+            return v.upper() if isinstance(v, str) else v
+
+        @field_validator("path", mode="before")
+        @classmethod
+        def _blank_is_default(cls, v: Any) -> Any:
+            return None if v == "" else v
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        self.path = Path(o.path or default_state_db())
+        self.synchronous: str = o.synchronous
+        self.events_synchronous: str = o.events_synchronous
+        self.busy_timeout_ms = int(o.busy_timeout_ms)
+        self.max_batch = int(o.max_batch)
+        self.retention_max_age_s: float | None = o.retention_max_age_s
+        self.retention_max_events: int | None = o.retention_max_events
+        self.read_only = bool(o.read_only)
+        self._writer: SqliteWriter[StatsTx] | None = None
         self._reader: cf.ThreadPoolExecutor | None = None
         self._read_local = threading.local()
         self._closed = True
@@ -146,15 +123,17 @@ class SqliteStore(StateStore):
                 raise InvalidArgumentError("path", f"no sqlite state database at {self.path}")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            import queue
-
-            self._queue = queue.SimpleQueue()
-            ready: cf.Future[None] = cf.Future()
-            self._writer = threading.Thread(
-                target=self._writer_main, args=(ready,), name="explorank-sqlite-writer", daemon=True
+            cache: dict[StatKey, np.ndarray] = {}  # committed statistics, writer thread only
+            self._writer = SqliteWriter(
+                self.path,
+                self._connect,
+                setup=sql.create_schema,
+                new_tx=lambda: StatsTx(cache),
+                synchronous=self.synchronous,
+                events_synchronous=self.events_synchronous,
+                max_batch=self.max_batch,
             )
-            self._writer.start()
-            await asyncio.wrap_future(ready)
+            await asyncio.wrap_future(self._writer.start())
         self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="explorank-sqlite-reader")
         self._closed = False
 
@@ -163,8 +142,7 @@ class SqliteStore(StateStore):
             return
         self._closed = True
         if self._writer is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._writer.join)
+            await asyncio.to_thread(self._writer.close)
             self._writer = None
         if self._reader is not None:
             await asyncio.wrap_future(self._reader.submit(self._close_reader))
@@ -189,225 +167,38 @@ class SqliteStore(StateStore):
     # ------------------------------------------------------------------- writes
     async def log_event(self, event: EventRecord) -> None:
         _records.check_event(event)
-        await self._submit("event", event)
+        await self._submit(lambda conn, tx: sql.insert_event(conn, event))
 
     async def record_reward(self, reward: RewardRecord, deltas: Mapping[str, StatsDelta]) -> bool:
-        return bool(await self._submit("reward", reward, dict(deltas)))
+        changes = dict(deltas)
+        return bool(
+            await self._submit(
+                lambda conn, tx: sql.record_reward(conn, tx, reward, changes), durable=True
+            )
+        )
 
     async def apply_retention(self, max_age_s: float | None, max_events: int | None) -> int:
         if max_age_s is None and max_events is None:
             max_age_s, max_events = self.retention_max_age_s, self.retention_max_events
         if max_age_s is None and max_events is None:
             return 0
-        return int(await self._submit("retention", max_age_s, max_events))
+        return int(
+            await self._submit(lambda conn, tx: sql.apply_retention(conn, max_age_s, max_events))
+        )
 
-    async def _submit(self, kind: str, *args: Any) -> Any:
+    async def mark_events_closed(self, event_ids: Sequence[str]) -> None:
+        if event_ids:
+            ids = list(event_ids)
+            await self._submit(lambda conn, tx: sql.mark_events_closed(conn, ids))
+
+    async def _submit(
+        self, fn: Callable[[sqlite3.Connection, StatsTx], T], *, durable: bool = False
+    ) -> T:
         if self._closed or self._writer is None or not self._writer.is_alive():
             raise StateUnavailableError(
                 "sqlite store is read-only" if self.read_only else "sqlite store is closed"
             )
-        fut: cf.Future[Any] = cf.Future()
-        self._queue.put(_Op(kind, args, fut))
-        return await asyncio.wrap_future(fut)
-
-    # --------------------------------------------------------- the writer thread
-    def _writer_main(self, ready: cf.Future[None]) -> None:
-        try:
-            conn = self._connect()
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ConfigError(
-                    f"state.options.path: {self.path} cannot use WAL mode (got {mode})"
-                )
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.executescript(SCHEMA)
-        except Exception as exc:  # report to open() and stop
-            if not isinstance(exc, ExplorankError):
-                exc = StateUnavailableError(f"cannot open sqlite state database {self.path}: {exc}")
-            ready.set_exception(exc)
-            return
-        ready.set_result(None)
-        cache: dict[StatKey, np.ndarray] = {}
-        stop = False
-        while not stop:
-            op = self._queue.get()
-            if op is None:
-                break
-            batch = [op]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except Exception:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            try:
-                self._run_batch(conn, batch, cache)
-            except BaseException as exc:  # a bug here must not leave callers waiting forever
-                log.exception("sqlite writer failed")
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(_map_error(exc, self.path))
-        try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # the data is in the WAL already; just log
-            log.warning("sqlite checkpoint on close failed: %s", exc)
-        conn.close()
-
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[_Op], cache: dict[StatKey, np.ndarray]
-    ) -> None:
-        ops = [op for op in batch if op.future.set_running_or_notify_cancel()]
-        if not ops:
-            return
-        overlay: dict[StatKey, np.ndarray] = {}
-        touched: set[str] = set()
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        wanted = (
-            self.synchronous if any(op.kind == "reward" for op in ops) else self.events_synchronous
-        )
-        if wanted != self._current_sync:
-            conn.execute(f"PRAGMA synchronous = {wanted}")
-            self._current_sync = wanted
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    staged: dict[StatKey, np.ndarray] = {}
-                    result = self._apply(conn, op, staged, overlay, cache)
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op, None, _map_error(exc, self.path)))
-                    continue
-                overlay.update(staged)
-                touched.update(k[0] for k in staged)
-                results.append((op, result, None))
-            for (policy, kind, key), value in overlay.items():
-                blob, shape = _records.pack_array(value)
-                conn.execute(
-                    "INSERT OR REPLACE INTO stats (policy, kind, key, value, shape) VALUES (?,?,?,?,?)",
-                    (policy, kind, key, blob, shape),
-                )
-            for policy in touched:
-                conn.execute(
-                    "INSERT INTO policy_versions (policy, version) VALUES (?, 1) "
-                    "ON CONFLICT (policy) DO UPDATE SET version = version + 1",
-                    (policy,),
-                )
-            conn.execute("COMMIT")
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            failure = _map_error(exc, self.path)
-            for op in ops:
-                op.future.set_exception(failure)
-            return
-        cache.update(overlay)
-        for op, result, err in results:
-            if err is not None:
-                op.future.set_exception(err)
-            else:
-                op.future.set_result(result)
-
-    def _apply(
-        self,
-        conn: sqlite3.Connection,
-        op: _Op,
-        staged: dict[StatKey, np.ndarray],
-        overlay: dict[StatKey, np.ndarray],
-        cache: dict[StatKey, np.ndarray],
-    ) -> Any:
-        if op.kind == "event":
-            (event,) = op.args
-            try:
-                conn.execute(
-                    "INSERT INTO events (event_id, created_at, user_id, scorer, policy, model_version,"
-                    " top_k, payload) VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        event.event_id,
-                        float(event.created_at),
-                        event.user_id,
-                        event.scorer,
-                        event.policy,
-                        event.model_version,
-                        int(event.top_k),
-                        _records.encode_event(event),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise InvalidArgumentError(
-                    "event_id", f"{event.event_id!r} is already logged"
-                ) from None
-            return None
-        if op.kind == "retention":
-            return self._retention(conn, *op.args)
-        if op.kind == "close":
-            (event_ids,) = op.args
-            conn.executemany(
-                "INSERT OR IGNORE INTO closed_events (event_id) VALUES (?)",
-                [(e,) for e in event_ids],
-            )
-            return None
-        reward, deltas = op.args
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO rewards (event_id, item_id, value, created_at) VALUES (?,?,?,?)",
-            (reward.event_id, reward.item_id, float(reward.value), float(reward.created_at)),
-        )
-        if cur.rowcount == 0:
-            return False  # duplicate: nothing applied
-        for policy, delta in deltas.items():
-            _records.check_deltas_finite(policy, delta.items, delta.arrays)
-            for kind, mapping in (("item", delta.items), ("array", delta.arrays)):
-                for key, value in mapping.items():
-                    sk = (policy, kind, key)
-                    add = np.asarray(value, dtype=np.float64)
-                    cur_val = staged.get(sk)
-                    if cur_val is None:
-                        cur_val = overlay.get(sk)
-                    if cur_val is None:
-                        cur_val = cache.get(sk)
-                    if cur_val is None:
-                        cur_val = self._read_stat(conn, sk)
-                    if cur_val is not None and cur_val.shape != add.shape:
-                        raise PluginError(
-                            f"policy {policy!r}: {kind} statistic {key!r} has shape {cur_val.shape}, "
-                            f"delta has shape {add.shape}"
-                        )
-                    staged[sk] = add.copy() if cur_val is None else cur_val + add
-        return True
-
-    @staticmethod
-    def _read_stat(conn: sqlite3.Connection, sk: StatKey) -> np.ndarray | None:
-        row = conn.execute(
-            "SELECT value, shape FROM stats WHERE policy = ? AND kind = ? AND key = ?", sk
-        ).fetchone()
-        return None if row is None else _records.unpack_array(row[0], row[1])
-
-    @staticmethod
-    def _retention(
-        conn: sqlite3.Connection, max_age_s: float | None, max_events: int | None
-    ) -> int:
-        dropped = 0
-        doomed = "SELECT event_id FROM events WHERE created_at < ?"
-        if max_age_s is not None:
-            cutoff = time.time() - float(max_age_s)
-            conn.execute(f"DELETE FROM rewards WHERE event_id IN ({doomed})", (cutoff,))
-            dropped += conn.execute("DELETE FROM events WHERE created_at < ?", (cutoff,)).rowcount
-        if max_events is not None:
-            beyond = "SELECT event_id FROM events ORDER BY created_at DESC, event_id DESC LIMIT -1 OFFSET ?"
-            conn.execute(f"DELETE FROM rewards WHERE event_id IN ({beyond})", (int(max_events),))
-            dropped += conn.execute(
-                f"DELETE FROM events WHERE event_id IN ({beyond})", (int(max_events),)
-            ).rowcount
-        conn.execute(
-            "DELETE FROM closed_events WHERE event_id NOT IN (SELECT event_id FROM events)"
-        )
-        return dropped
+        return await asyncio.wrap_future(self._writer.submit(fn, durable=durable))
 
     # -------------------------------------------------------------------- reads
     def _read_conn(self) -> sqlite3.Connection:
@@ -423,65 +214,26 @@ class SqliteStore(StateStore):
             conn.close()
             self._read_local.conn = None
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed or self._reader is None:
             raise StateUnavailableError("sqlite store is closed")
 
-        def call() -> Any:
+        def call() -> T:
             try:
                 return fn(self._read_conn())
             except sqlite3.Error as exc:
-                raise _map_error(exc, self.path) from exc
+                raise map_error(exc, self.path) from exc
 
         return await asyncio.wrap_future(self._reader.submit(call))
 
     async def events_to_close(self, before: float, limit: int) -> list[EventRecord]:
-        def fn(conn: sqlite3.Connection) -> list[EventRecord]:
-            rows = conn.execute(
-                "SELECT payload FROM events WHERE created_at < ? AND event_id NOT IN "
-                "(SELECT event_id FROM closed_events) ORDER BY created_at, event_id LIMIT ?",
-                (float(before), int(limit)),
-            ).fetchall()
-            return [_records.decode_event(r[0]) for r in rows]
-
-        result: list[EventRecord] = await self._read(fn)
-        return result
-
-    async def mark_events_closed(self, event_ids: Sequence[str]) -> None:
-        if event_ids:
-            await self._submit("close", list(event_ids))
+        return await self._read(lambda conn: sql.events_to_close(conn, before, limit))
 
     async def get_event(self, event_id: str) -> EventRecord | None:
-        def fn(conn: sqlite3.Connection) -> EventRecord | None:
-            row = conn.execute(
-                "SELECT payload FROM events WHERE event_id = ?", (event_id,)
-            ).fetchone()
-            return None if row is None else _records.decode_event(row[0])
-
-        result: EventRecord | None = await self._read(fn)
-        return result
+        return await self._read(lambda conn: sql.read_event(conn, event_id))
 
     async def load_stats(self, policy: str) -> PolicyStats:
-        def fn(conn: sqlite3.Connection) -> PolicyStats:
-            conn.execute("BEGIN")
-            try:
-                stats = PolicyStats()
-                rows = conn.execute(
-                    "SELECT kind, key, value, shape FROM stats WHERE policy = ?", (policy,)
-                ).fetchall()
-                for kind, key, blob, shape in rows:
-                    target = stats.items if kind == "item" else stats.arrays
-                    target[key] = _records.unpack_array(blob, shape)
-                row = conn.execute(
-                    "SELECT version FROM policy_versions WHERE policy = ?", (policy,)
-                ).fetchone()
-                stats.version = int(row[0]) if row else 0
-                return stats
-            finally:
-                conn.execute("COMMIT")
-
-        result: PolicyStats = await self._read(fn)
-        return result
+        return await self._read(lambda conn: sql.load_stats(conn, policy))
 
     async def export_events(self, path: Path, fmt: str = "jsonl") -> int:
         _records.check_format(fmt)
@@ -492,43 +244,11 @@ class SqliteStore(StateStore):
     def _export(self, path: Path, fmt: str) -> int:
         conn = self._connect(read_only=True)
         try:
-            conn.execute("BEGIN")  # one snapshot for events and rewards
-            events = conn.execute("SELECT payload FROM events ORDER BY created_at, event_id")
-            with _records.ExportWriter(path, fmt) as writer:
-                for (payload,) in events:
-                    event = _records.decode_event(payload)
-                    rewards = [
-                        RewardRecord(event.event_id, item_id, value, created_at)
-                        for item_id, value, created_at in conn.execute(
-                            "SELECT item_id, value, created_at FROM rewards WHERE event_id = ?",
-                            (event.event_id,),
-                        )
-                    ]
-                    writer.write(_records.export_row(event, rewards))
-                    if writer.count % 10_000 == 0:
-                        log.info("exported %d events", writer.count)
-            conn.execute("COMMIT")
-            return writer.count
+            return sql.export_events(conn, path, fmt)
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+            raise map_error(exc, self.path) from exc
         finally:
             conn.close()
-
-
-def _positive_int(options: Mapping[str, Any], name: str, default: int) -> int:
-    value = options.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"state.options.{name}: must be a positive integer, got {value!r}")
-    return value
-
-
-def _map_error(exc: BaseException, path: Path) -> BaseException:
-    """sqlite failures mean 'cannot make it durable now' (disk full, locked, I/O)."""
-    if isinstance(exc, ExplorankError):
-        return exc
-    if isinstance(exc, sqlite3.Error):
-        return StateUnavailableError(f"sqlite state database {path}: {exc}")
-    return PluginError(f"sqlite store failed: {exc!r}")
 
 
 @hookimpl
