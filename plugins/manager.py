@@ -34,8 +34,7 @@ import os
 import re
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -44,13 +43,33 @@ from explorank import __version__
 from explorank.errors import ConfigError
 from explorank.plugins import hookspecs
 from explorank.plugins.api import Policy, Scorer, ScorerContext, StateStore
-from explorank.plugins.errors import PluginError, UnknownPluginError
+from explorank.plugins.errors import UnknownPluginError
+from explorank.plugins.registry import (
+    BLOCK_ENV_VAR,
+    KINDS,
+    LABELS,
+    PluginClash,
+    PluginInfo,
+    PluginLoadError,
+    Registry,
+    normalize_kind,
+)
+
+__all__ = [
+    "BLOCK_ENV_VAR",
+    "DEFAULT_PLUGINS",
+    "ENV_VAR",
+    "KINDS",
+    "PluginClash",
+    "PluginInfo",
+    "PluginLoadError",
+    "PluginManager",
+]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ENV_VAR = "EXPLORANK_PLUGINS"
-BLOCK_ENV_VAR = "EXPLORANK_PLUGINS_BLOCK"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "explorank.plugins.builtin.scorers",
@@ -62,40 +81,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "explorank.plugins.builtin.redis_store",
 )
 
-#: kind -> (hook name, base class, attributes a duck-typed class must have)
-KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
-    "scorer": ("register_scorers", Scorer, ("score",)),
-    "policy": ("register_policies", Policy, ("rank", "update")),
-    "store": (
-        "register_state_stores",
-        StateStore,
-        ("log_event", "get_event", "record_reward", "load_stats", "export_events"),
-    ),
-}
-#: kind -> (singular, plural) for messages
-LABELS = {
-    "scorer": ("scorer", "scorers"),
-    "policy": ("policy", "policies"),
-    "store": ("state store", "state stores"),
-}
-_KIND_ALIASES = {
-    "state store": "store",
-    "state_store": "store",
-    "stores": "store",
-    "state stores": "store",
-    "scorers": "scorer",
-    "policies": "policy",
-}
-#: Plugin names: letters, digits, ``_ . -``; they appear in config keys and store keys.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-
-
-def normalize_kind(kind: str) -> str:
-    k = _KIND_ALIASES.get(kind.strip().lower(), kind.strip().lower())
-    if k not in KINDS:
-        raise ValueError(f"unknown plugin kind {kind!r}; expected one of {sorted(KINDS)}")
-    return k
-
 
 def _canonical(name: str) -> str:
     """PEP 503 normalisation, so ``explorank_plugin_example`` matches ``explorank-plugin-example``."""
@@ -104,60 +89,6 @@ def _canonical(name: str) -> str:
 
 def _names(values: Iterable[str] | None) -> list[str]:
     return [v.strip() for v in values or () if v and v.strip()]
-
-
-@dataclass(frozen=True)
-class PluginLoadError:
-    """A plugin that could not be loaded or registered."""
-
-    plugin: str  # entry-point or module name
-    distribution: str | None
-    error: str
-    traceback: str = ""
-
-    def __str__(self) -> str:
-        dist = f" (from {self.distribution})" if self.distribution else ""
-        return f"{self.plugin}{dist}: {self.error}"
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """One registered scorer, policy or store and where it came from."""
-
-    kind: str
-    name: str
-    cls: type
-    plugin: str  # the pluggy plugin name (module or entry-point name)
-    distribution: str
-    version: str
-    builtin: bool = False
-
-    @property
-    def description(self) -> str:
-        return str(getattr(self.cls, "description", "") or "")
-
-    def who(self) -> str:
-        return f"{self.plugin} ({self.distribution} {self.version})"
-
-
-@dataclass(frozen=True)
-class PluginClash:
-    """Two plugins registered the same name; ``resolution`` says what was done."""
-
-    kind: str
-    name: str
-    plugins: tuple[PluginInfo, ...]
-    resolution: str
-
-    def __str__(self) -> str:
-        who = " and ".join(p.who() for p in self.plugins)
-        return f"{LABELS[self.kind][0]} {self.name!r} is registered by {who}: {self.resolution}"
-
-
-@dataclass
-class _Registry:
-    infos: dict[str, dict[str, PluginInfo]] = field(default_factory=dict)
-    ambiguous: dict[str, dict[str, PluginClash]] = field(default_factory=dict)
 
 
 class PluginManager:
@@ -193,7 +124,7 @@ class PluginManager:
         self._builtin: set[str] = set()
         self._dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist, version)
         self._extra: list[tuple[object, str | None]] = []
-        self._registry: _Registry | None = None
+        self._registry: Registry | None = None
         self._loaded = False
         self._lock = threading.RLock()
 
@@ -320,13 +251,12 @@ class PluginManager:
         return (module, "unknown")
 
     # -------------------------------------------------------- registration
-    def _collect(self) -> _Registry:
+    def _collect(self) -> Registry:
         with self._lock:
             if self._registry is not None:
                 return self._registry
             self.load()
-            self.blocked, self.clashes = [], []
-            reg = _Registry({k: {} for k in KINDS}, {k: {} for k in KINDS})
+            reg = Registry(self._is_blocked, self.override, self._fail)
             for kind, (hook_name, _, _) in KINDS.items():
                 caller = getattr(self.pm.hook, hook_name)
                 # Built-ins first (pluggy calls later registrations first), then third
@@ -338,87 +268,16 @@ class PluginManager:
                     plugin_name = impl.plugin_name
                     dist, version = self._provenance_of(plugin_name, impl.plugin)
                     builtin = plugin_name in self._builtin
-                    register = self._make_register(
-                        reg, kind, PluginInfo(kind, "", object, plugin_name, dist, version, builtin)
+                    register = reg.register_callback(
+                        kind, PluginInfo(kind, "", object, plugin_name, dist, version, builtin)
                     )
                     try:
                         impl.function(**{a: register for a in impl.argnames})
                     except Exception as exc:
                         self._fail(plugin_name, dist, exc)
             self._registry = reg
+            self.blocked, self.clashes = reg.blocked, reg.clashes
             return reg
-
-    def _make_register(self, reg: _Registry, kind: str, origin: PluginInfo) -> Callable[..., None]:
-        table, ambiguous = reg.infos[kind], reg.ambiguous[kind]
-
-        def register(cls: type, **_: Any) -> None:
-            problem = self._invalid(kind, cls)
-            if problem:
-                err = PluginError(f"cannot register {cls!r} as a {LABELS[kind][0]}: {problem}")
-                self._fail(origin.plugin, origin.distribution, err)
-                return
-            name = str(cls.name)  # type: ignore[attr-defined]
-            info = PluginInfo(
-                kind, name, cls, origin.plugin, origin.distribution, origin.version, origin.builtin
-            )
-            if self._is_blocked(name):
-                self.blocked.append((kind, name))
-                return
-            other = table.get(name) or next(iter(ambiguous.get(name, _NO_CLASH).plugins), None)
-            if other is None:
-                table[name] = info
-                return
-            if other.cls is cls and other.plugin == info.plugin:
-                return
-            self._clash(reg, kind, name, other, info)
-
-        return register
-
-    def _clash(
-        self, reg: _Registry, kind: str, name: str, first: PluginInfo, second: PluginInfo
-    ) -> None:
-        table, ambiguous = reg.infos[kind], reg.ambiguous[kind]
-        if first.builtin != second.builtin:
-            builtin, external = (first, second) if first.builtin else (second, first)
-            if name in self.override:
-                table[name] = external
-                how = f"{external.plugin}'s replaces the built-in (plugins.override)"
-            else:
-                table[name] = builtin
-                how = (
-                    f"the built-in is used; set plugins.override = [{name!r}] to use "
-                    f"{external.plugin}'s, or plugins.block = [{external.plugin!r}] to hide it"
-                )
-            self.clashes.append(PluginClash(kind, name, (builtin, external), how))
-            return
-        table.pop(name, None)
-        previous = ambiguous.get(name)
-        plugins = (*previous.plugins, second) if previous else (first, second)
-        how = (
-            f"neither is used; block all but one (plugins.block = [{second.plugin!r}] or "
-            f"{BLOCK_ENV_VAR}={second.plugin})"
-        )
-        clash = PluginClash(kind, name, plugins, how)
-        ambiguous[name] = clash
-        self.clashes = [c for c in self.clashes if (c.kind, c.name) != (kind, name)] + [clash]
-
-    @staticmethod
-    def _invalid(kind: str, cls: Any) -> str | None:
-        _, base, required = KINDS[kind]
-        if not isinstance(cls, type):
-            return "register() takes a class, not an instance"
-        name = getattr(cls, "name", None)
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            return (
-                "the class needs a string attribute 'name' of letters, digits, '_', '.' or "
-                f"'-' (at most 64, starting with a letter or digit), got {name!r}"
-            )
-        if issubclass(cls, base):
-            return None
-        missing = [a for a in required if not callable(getattr(cls, a, None))]
-        if missing:
-            return f"not a {base.__name__} subclass and missing {', '.join(missing)}"
-        return None
 
     # ------------------------------------------------------------ accessors
     def infos(self, kind: str) -> dict[str, PluginInfo]:
@@ -504,9 +363,6 @@ class PluginManager:
                 impl.function(**{a: kwargs[a] for a in impl.argnames})
             except Exception:
                 log.exception("plugin %s raised in %s", impl.plugin_name, hook_name)
-
-
-_NO_CLASH = PluginClash("scorer", "", (), "")
 
 
 def _plugin_name(plugin: object) -> str:

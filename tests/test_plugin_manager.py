@@ -357,3 +357,43 @@ def test_loading_plugins_imports_no_heavy_modules() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+CLASHING_PLUGIN = """
+    import numpy as np
+    from explorank import hookimpl
+    from explorank.plugins.api import Policy, Ranking
+
+    class MySoftmax(Policy):
+        name = "softmax"
+        def rank(self, ctx):
+            k = min(ctx.top_k, len(ctx.scores))
+            return Ranking(np.arange(k), np.ones(k), np.zeros(k, dtype=bool))
+
+    @hookimpl
+    def register_policies(register):
+        register(MySoftmax)
+"""
+
+
+def test_cli_verbose_shows_tracebacks_clashes_parameters_and_bad_params(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dist(site, "clash-plugin", "clash_plugin_mod", CLASHING_PLUGIN, ep_name="clash")
+    config = tmp_path / "c.toml"
+    config.write_text("[ranking.policies.thompson]\nsamples = 0\n")
+    try:
+        assert cli_main(["plugins", "-v", "--config", str(config)]) == 0
+        captured = capsys.readouterr()
+        out, err = captured.out, captured.err
+        assert "Traceback (most recent call last)" in err and "needs libfoo" in err
+        assert "name clash: policy 'softmax' is registered by" in out
+        assert "plugins.override = ['softmax']" in out
+        assert "epsilon_greedy.epsilon (float, default 0.1): exploration probability" in out
+        assert "policy thompson cannot be constructed" in out and "samples" in out
+        assert cli_main(["plugins", "--json", "--config", str(config)]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert "traceback" not in data["load_errors"][0]
+        assert data["clashes"][0]["name"] == "softmax"
+    finally:
+        sys.modules.pop("clash_plugin_mod", None)
