@@ -23,8 +23,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_scorers(register: Callable[[type], None]) -> None:
     """Register scorer classes: call ``register(cls)`` for each class implementing
     :class:`explorank.plugins.api.Scorer` (a unique ``name`` class attribute, a
-    constructor ``cls(context: ScorerContext, **params)`` and a vectorized
-    ``score(user, items) -> np.ndarray``). Return value ignored."""
+    constructor ``cls(context: ScorerContext, **params)``, a vectorized
+    ``score(ctx: ScoreContext) -> np.ndarray`` and, for a learning scorer,
+    ``update`` returning the additive statistics delta for one reward). Return value
+    ignored."""
 
 
 @hookspec
@@ -40,7 +42,8 @@ def register_policies(register: Callable[[type], None]) -> None:
 def register_state_stores(register: Callable[[type], None]) -> None:
     """Register state store classes: call ``register(cls)`` for each class
     implementing :class:`explorank.plugins.api.StateStore` (event log, idempotent
-    rewards, additive policy statistics). Return value ignored."""
+    rewards, the additive statistics of every policy and scorer). Return value
+    ignored."""
 
 
 @hookspec

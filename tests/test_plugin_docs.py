@@ -59,3 +59,53 @@ def test_builtins_documented() -> None:
             assert f"`{name}`" in text, (
                 f"built-in {kind} {name!r} is not described in docs/plugins.md"
             )
+
+
+def _public_types() -> list[tuple[str, object]]:
+    import explorank.plugins.api as api
+    import explorank.plugins.manager as manager
+    import explorank.plugins.testing as testing
+
+    out: list[tuple[str, object]] = []
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if isinstance(obj, type):
+            out.append((f"explorank.plugins.api.{name}", obj))
+    for name in ("PluginManager", "PluginInfo", "PluginClash", "PluginLoadError"):
+        out.append((f"explorank.plugins.manager.{name}", getattr(manager, name)))
+    for name in ("check_policy_contract", "check_scorer_contract"):
+        out.append((f"explorank.plugins.testing.{name}", getattr(testing, name)))
+    return out
+
+
+def _members(obj: object) -> set[str]:
+    """The public fields, attributes and methods a reader of the reference needs."""
+    import dataclasses
+
+    if not isinstance(obj, type):
+        return set()
+    names: set[str] = set()
+    if dataclasses.is_dataclass(obj):
+        names |= {f.name for f in dataclasses.fields(obj)}
+    for klass in obj.__mro__:
+        if klass.__module__.startswith("explorank"):
+            names |= {n for n in vars(klass) if not n.startswith("_")}
+            names |= {n for n in getattr(klass, "__annotations__", {}) if not n.startswith("_")}
+    if obj.__name__ == "PluginManager":
+        from explorank.plugins.manager import PluginManager
+
+        names |= {n for n in vars(PluginManager(block_external=True)) if not n.startswith("_")}
+        names -= {"pm", "allow_lists", "blocked_names", "override", "default_plugins"}
+    if hasattr(obj, "model_fields"):  # pydantic models: the base has none
+        names = {n for n in names if not n.startswith("model_")}
+    return names
+
+
+@pytest.mark.parametrize(("path", "obj"), _public_types(), ids=lambda v: str(v).split(".")[-1])
+def test_public_type_documented_with_every_member(path: str, obj: object) -> None:
+    text = DOCS.read_text()
+    heading = f"### `{path}`"
+    assert heading in text, f"docs/plugins.md lacks a reference entry '{heading}'"
+    section = _section(text, heading)
+    missing = sorted(m for m in _members(obj) if f"`{m}" not in section)
+    assert not missing, f"{path}: docs/plugins.md does not describe {missing}"
