@@ -43,9 +43,9 @@ def make_config(bundle: Path, state_db: Path, **sections: Mapping[str, Any]) -> 
 class ThreadServer:
     """An in-process server on its own event loop thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, **engine_kwargs: Any) -> None:
         self.config = config
-        self.engine = Engine.from_config(config)
+        self.engine = Engine.from_config(config, **engine_kwargs)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: Server | None = None

@@ -18,6 +18,7 @@ from explorank.plugins.manager import PluginManager
 from explorank.plugins.testing import check_policy_contract, make_context
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "explorank-plugin-example"
+SCORER_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "explorank-scorer-example"
 
 
 @pytest.fixture
@@ -173,3 +174,53 @@ def test_engine_ranks_with_example_policy_by_name(
     top3 = {i.item_id for i in greedy.items[:3]}
     assert {i.item_id for i in out.items[:3]} == top3  # the greedy top 3, shuffled
     assert [i.item_id for i in out.items[3:]] == [i.item_id for i in greedy.items[3:]]
+
+
+@pytest.fixture
+def scorer_example(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(SCORER_EXAMPLE))
+    import explorank_scorer_example
+
+    yield explorank_scorer_example
+    sys.modules.pop("explorank_scorer_example", None)
+
+
+def test_example_scorer_passes_contract_and_learns_through_a_real_server(
+    tiny_bundle: Path, tmp_path: Path, scorer_example
+) -> None:  # type: ignore[no-untyped-def]
+    """The learning example scorer, named in Rank requests to a real gRPC server: its
+    statistics are learned from rewards, stored durably, and move the item's score."""
+    from explorank.engine.decision import scorer_key
+    from explorank.plugins.testing import check_scorer_contract
+    from explorank.v1 import ranker_pb2, ranker_pb2_grpc
+    from tests.server_harness import ThreadServer, make_config
+
+    check_scorer_contract(scorer_example.ItemBiasScorer)
+    pm = PluginManager(block_external=True)
+    pm.register(scorer_example)
+    config = make_config(tiny_bundle, tmp_path / "s.db")
+    request = ranker_pb2.RankRequest(
+        context_text="a quiet mystery novel", top_k=60, scorer="item_bias", policy="greedy"
+    )
+    with ThreadServer(config, plugins=pm) as srv:
+        stub = ranker_pb2_grpc.RankerStub(srv.channel())
+        first = stub.Rank(request, timeout=10)
+        assert first.scorer == "item_bias"
+        last = first.items[-1]
+        for _ in range(3):
+            ev = stub.Rank(request, timeout=10)
+            stub.Reward(
+                ranker_pb2.RewardRequest(event_id=ev.event_id, item_id=last.item_id, value=1.0),
+                timeout=10,
+            )
+        after = stub.Rank(request, timeout=10)
+        stored = srv.run(srv.engine.store.load_stats(scorer_key("item_bias")))
+    assert stored.items[last.item_id][0] == 3.0  # three rewards, durable
+    before = {i.item_id: (pos, i.score) for pos, i in enumerate(first.items)}
+    moved = {i.item_id: (pos, i.score) for pos, i in enumerate(after.items)}
+    cosine = before[last.item_id][1]
+    bias = 3 * (1.0 - cosine) / (3 + 5.0)  # residual sum / (count + prior)
+    assert moved[last.item_id][1] == pytest.approx(cosine + bias, abs=1e-5)
+    assert moved[last.item_id][0] < before[last.item_id][0]  # ranked higher than before
+    others = [k for k in before if k != last.item_id]
+    assert all(moved[k][1] == pytest.approx(before[k][1], abs=1e-6) for k in others)

@@ -1,8 +1,10 @@
 """An example explorank plugin: the ``shuffle_top_m`` exploration policy.
 
-It shows everything a policy plugin needs: a :class:`~explorank.plugins.api.Policy`
-subclass with a unique ``name``, parameters validated in the constructor, a vectorized
-``rank`` returning exact per-position propensities, and a ``register_policies`` hook.
+It shows everything a policy plugin needs (plugin API 2): a
+:class:`~explorank.plugins.api.Policy` subclass with a unique ``name``, its parameters as a
+pydantic ``Params`` model (validated at start-up, with errors naming the setting), a
+vectorized ``rank`` returning exact per-position propensities, and a ``register_policies``
+hook.
 
 The policy shows the ``m`` best candidates (by score) in a uniformly random order,
 then the rest greedily — a cheap way to spread impressions among near-ties at the
@@ -13,13 +15,12 @@ one of the ``m - j`` top items not yet shown, each with probability 1/(m - j).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from explorank import hookimpl
-from explorank.errors import ConfigError
-from explorank.plugins.api import Policy, RankContext, Ranking
+from explorank.plugins.api import PluginParams, Policy, RankContext, Ranking
 
 __version__ = "0.1.0"
 
@@ -30,17 +31,12 @@ class ShuffleTopMPolicy(Policy):
     name = "shuffle_top_m"
     description = "uniform random order of the m best candidates, then greedy"
 
-    def __init__(self, m: Any = 3, **params: Any) -> None:
-        if params:
-            raise ConfigError(
-                f"ranking.policies.shuffle_top_m: unknown parameter(s) {sorted(params)}"
-            )
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ConfigError(
-                f"ranking.policies.shuffle_top_m.m: must be an integer >= 1, got {m!r}"
-            )
-        super().__init__(m=m)
-        self.m = m
+    class Params(PluginParams):
+        m: int = Field(3, ge=1, strict=True, description="how many top candidates to shuffle")
+
+    @property
+    def m(self) -> int:
+        return int(self.params.m)
 
     def rank(self, ctx: RankContext) -> Ranking:
         scores = np.asarray(ctx.scores, dtype=np.float64)
