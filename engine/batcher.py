@@ -97,10 +97,6 @@ class BatcherStats:
     def padding_efficiency(self) -> float:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
-    @property
-    def mean_batch_size(self) -> float:
-        return self.requests / self.batches if self.batches else 0.0
-
 
 class _Request:
     __slots__ = ("ids", "future", "enqueued", "deadline", "timer")
@@ -250,10 +246,6 @@ class DynamicBatcher:
         if self._own_executor:
             self._executor.shutdown(wait=False)
         self._state = "stopped"
-
-    @property
-    def running(self) -> bool:
-        return self._state == "running"
 
     @property
     def pending(self) -> int:

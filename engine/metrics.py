@@ -15,7 +15,6 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -90,11 +89,6 @@ class EngineMetrics:
             ["measure"],
             registry=r,
         )
-        self._lock = threading.Lock()
-        self._batches = 0
-        self._batch_items = 0
-        self._real = 0
-        self._computed = 0
 
     # -- bridge for the dynamic batcher (BatcherMetrics protocol) -----------------------
     def observe_batch(
@@ -104,11 +98,6 @@ class EngineMetrics:
         self.tokens_real.inc(real_tokens)
         self.tokens_computed.inc(padded_tokens)
         self.stage.labels("encode").observe(compute_s)
-        with self._lock:
-            self._batches += 1
-            self._batch_items += size
-            self._real += real_tokens
-            self._computed += padded_tokens
 
     def observe_queue_wait(self, seconds: float) -> None:
         self.stage.labels("queue").observe(seconds)
@@ -131,14 +120,6 @@ class EngineMetrics:
                     self.int8_check.labels(name).set(check.metrics[name])
 
     # -- summaries (GetInfo, benchmarks) ------------------------------------------------
-    def batching_summary(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "batches": self._batches,
-                "avg_batch_size": (self._batch_items / self._batches) if self._batches else 0.0,
-                "padding_efficiency": (self._real / self._computed) if self._computed else 1.0,
-            }
-
     def serve_http(self, port: int, host: str = "127.0.0.1") -> Any:
         """Start the /metrics endpoint in a daemon thread; returns (server, thread)."""
         return start_http_server(port, addr=host, registry=self.registry)

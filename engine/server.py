@@ -236,12 +236,3 @@ class Server:
 
     async def wait(self) -> None:
         await self._stopped.wait()
-
-
-async def serve(engine: Engine, *, ready_callback: Callable[[int], None] | None = None) -> None:
-    server = Server(engine)
-    server.install_signal_handlers()
-    port = await server.start()
-    if ready_callback:
-        ready_callback(port)
-    await server.wait()

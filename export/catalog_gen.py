@@ -372,13 +372,6 @@ def generate(seed: int = DEFAULT_SEED, per_domain: int = DEFAULT_PER_DOMAIN) -> 
     return items
 
 
-def genre_of(item_id: str, per_domain: int = DEFAULT_PER_DOMAIN) -> str:
-    """The genre an id was generated from (for evaluation: items of one genre should cluster)."""
-    prefix, _, num = item_id.rpartition("-")
-    d = next(d for d in DOMAINS if d.prefix == prefix)
-    return d.genres[int(num) % len(d.genres)].name
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m explorank.export.catalog_gen", description=__doc__.splitlines()[0]

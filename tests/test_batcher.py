@@ -550,7 +550,7 @@ def test_real_onnx_model_through_the_batcher(tmp_path: Any) -> None:
         await b.warmup()
         outs = await asyncio.gather(*(b.submit(x) for x in inputs))
         await b.stop()
-        assert b.stats.mean_batch_size > 1
+        assert b.stats.requests / b.stats.batches > 1
         return outs
 
     outs = run(main)
@@ -576,7 +576,7 @@ def test_broken_or_partial_metrics_never_stop_the_batcher() -> None:
         assert len(out) == 6
         with pytest.raises(DeadlineExceededError):
             await b.submit(np.arange(1, 4), deadline=time.monotonic() - 1)
-        assert b.running
+        assert b._state == "running"
         await b.stop()
 
     run(main)

@@ -289,3 +289,28 @@ def test_event_rng_is_a_function_of_seed_and_event_id() -> None:
     assert np.array_equal(a, core.event_rng(3, "e").random(4))
     assert not np.array_equal(a, core.event_rng(4, "e").random(4))
     assert not np.array_equal(a, core.event_rng(3, "f").random(4))
+
+
+def test_scorers_see_ids_and_policy_independent_item_statistics() -> None:
+    seen: dict[str, Any] = {}
+
+    class Peek(Scorer):
+        name = "peek"
+
+        def score(self, ctx: ScoreContext) -> np.ndarray:
+            seen["ids"], seen["counts"] = list(ctx.item_ids), ctx.item_counts()
+            return np.zeros(len(ctx.item_ids), np.float32)
+
+    book = core.StatsBook()
+    book.apply(core.deltas_for(_event("ucb1"), "item-1", 1.0, policies={}, scorers={}, stats={}))
+    book.apply(core.deltas_for(_event("ucb1"), "item-1", -0.5, policies={}, scorers={}, stats={}))
+    core.score(
+        Peek(ScorerContext(embedding_dim=3)),
+        "peek",
+        user=np.zeros(3, np.float32),
+        cand_ids=["item-9", "item-1"],
+        cand_vecs=np.zeros((2, 3), np.float32),
+        stats=book,
+    )
+    assert seen["ids"] == ["item-9", "item-1"]
+    assert seen["counts"].tolist() == [[0.0, 0.0], [2.0, 0.5]]

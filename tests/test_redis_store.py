@@ -16,9 +16,8 @@ from redis_server import SKIP_REASON, RedisServer, free_port, have_redis
 
 from explorank.errors import ConfigError, InvalidArgumentError
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError, StatsDelta
-from explorank.plugins.builtin._records import iter_export_jsonl, parse_export_row
 from explorank.plugins.builtin.redis_store import RedisStore
-from tests.store_records import DIM
+from tests.store_records import DIM, iter_export_jsonl, parse_export_row
 from tests.store_records import make_event as _make_event
 
 pytestmark = [
@@ -150,7 +149,13 @@ def test_concurrent_increments_sum_exactly(redis_url: str, prefix: str) -> None:
 
     async def body() -> None:
         stores = [
-            RedisStore(url=redis_url, key_prefix=prefix, array_flush_every=7, compact_after=3)
+            RedisStore(
+                url=redis_url,
+                key_prefix=prefix,
+                array_flush_every=7,
+                compact_after=3,
+                socket_timeout_s=10.0,  # 360 concurrent scripts: no spurious timeout under load
+            )
             for _ in range(3)
         ]
         for s in stores:

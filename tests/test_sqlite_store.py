@@ -24,7 +24,7 @@ from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableErr
 from explorank.plugins.builtin import _records
 from explorank.plugins.builtin.sqlite_store import SqliteStore
 from explorank.plugins.errors import PluginError
-from tests.store_records import make_event
+from tests.store_records import iter_export_jsonl, make_event, parse_export_row
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -160,9 +160,9 @@ def test_export_jsonl_and_retention(tmp_path: Path) -> None:
         await reward(store, "e3", "item-2", 0.25)
         await reward(store, "e3", "item-0", -1.0)
         assert await store.export_events(tmp_path / "out.jsonl") == 5
-        rows = list(_records.iter_export_jsonl(tmp_path / "out.jsonl"))
+        rows = list(iter_export_jsonl(tmp_path / "out.jsonl"))
         assert [r["event_id"] for r in rows] == [f"e{i}" for i in range(5)]
-        event, rewards = _records.parse_export_row(rows[3])
+        event, rewards = parse_export_row(rows[3])
         assert sorted((r.item_id, r.value) for r in rewards) == [("item-0", -1.0), ("item-2", 0.25)]
         assert rows[3]["ranked"][2] == {
             "item_id": "item-2", "score": 0.125, "propensity": 0.7, "explored": False, "position": 2
@@ -265,7 +265,7 @@ def test_event_encodings_roundtrip(
     )  # fmt: skip
     stored = _records.decode_event(_records.encode_event(event))
     reward = RewardRecord(event_id, f"{event_id}-0", -0.25, 1.6e9)
-    exported, rewards = _records.parse_export_row(_records.export_row(event, [reward]))
+    exported, rewards = parse_export_row(_records.export_row(event, [reward]))
     assert rewards == [reward]
     for got in (stored, exported):
         for name in (
