@@ -203,7 +203,7 @@ def test_compaction_keeps_the_sum(redis_url: str, prefix: str) -> None:
             await store.flush()
         for _ in range(2):  # the first load folds the delta list into the base
             np.testing.assert_array_equal((await store.load_stats("linucb")).arrays["A"], total)
-        assert await store._client.llen(store._k("stats", "linucb", "arr", "A", "deltas")) == 0
+        assert await store._client.llen(store.key("stats", "linucb", "arr", "A", "deltas")) == 0
         await store.close()
 
     run(body())

@@ -17,7 +17,10 @@ import numpy as np
 
 from explorank.plugins.api import StatsDelta
 
-__all__ = ["ArrayDeltaBuffer", "dump_array", "load_array"]
+__all__ = ["SEP", "ArrayDeltaBuffer", "dump_array", "load_array"]
+
+#: Separates event id and item id in a pending ref.
+SEP = "\x1f"
 
 #: (learner, array name) -> summed float64 delta
 Sums = dict[tuple[str, str], np.ndarray]

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-import inspect
 import json
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -51,17 +49,16 @@ from explorank.plugins.api import (
     StateUnavailableError,
     StatsDelta,
 )
-from explorank.plugins.builtin import _records
+from explorank.plugins.builtin import _records, redis_export, redis_recovery
 from explorank.plugins.builtin.redis_deltas import (
+    SEP,
     ArrayDeltaBuffer,
     Sums,
-    add_into,
     dump_array,
     load_array,
 )
 
 log = logging.getLogger(__name__)
-SEP = "\x1f"  # separates event id and item id in pending refs
 
 ComputeDeltas = Callable[
     [EventRecord, RewardRecord], "Mapping[str, StatsDelta] | Awaitable[Mapping[str, StatsDelta]]"
@@ -132,11 +129,16 @@ class RedisStore(StateStore):
         self._timer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------- keys
-    def _k(self, *parts: str) -> str:
+    @property
+    def client(self) -> Any:
+        """The open ``redis.asyncio.Redis`` client (None before open / after close)."""
+        return self._client
+
+    def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def _pending_key(self, replica: str) -> str:
-        return self._k("pending", replica)
+    def pending_key(self, replica: str) -> str:
+        return self.key("pending", replica)
 
     # -------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -172,7 +174,7 @@ class RedisStore(StateStore):
         ):
             self._scripts[name] = self._client.register_script(_script(file))
         try:
-            async with self._guard("open"):
+            async with self.guard("open"):
                 await self._client.ping()
                 await self._heartbeat()
         except StateUnavailableError:
@@ -190,10 +192,10 @@ class RedisStore(StateStore):
                 await self._timer
         try:
             await self.flush()
-            async with self._guard("close"):
-                if not await self._client.exists(self._pending_key(self.replica_id)):
-                    await self._client.delete(self._k("replica", self.replica_id))
-                    await self._client.srem(self._k("replicas"), self.replica_id)
+            async with self.guard("close"):
+                if not await self._client.exists(self.pending_key(self.replica_id)):
+                    await self._client.delete(self.key("replica", self.replica_id))
+                    await self._client.srem(self.key("replicas"), self.replica_id)
         except StateUnavailableError as exc:
             log.error(
                 "redis store closed with %d unflushed array rewards: %s", len(self._buffer), exc
@@ -209,7 +211,7 @@ class RedisStore(StateStore):
             return False
 
     @asynccontextmanager
-    async def _guard(self, what: str) -> AsyncIterator[None]:
+    async def guard(self, what: str) -> AsyncIterator[None]:
         """Every Redis failure becomes StateUnavailableError (never a false ack)."""
         from redis.exceptions import RedisError
 
@@ -223,29 +225,29 @@ class RedisStore(StateStore):
             ) from exc
 
     async def _heartbeat(self) -> None:
-        await self._client.set(self._k("replica", self.replica_id), b"1", ex=self.replica_ttl_s)
-        await self._client.sadd(self._k("replicas"), self.replica_id)
+        await self._client.set(self.key("replica", self.replica_id), b"1", ex=self.replica_ttl_s)
+        await self._client.sadd(self.key("replicas"), self.replica_id)
 
     # ----------------------------------------------------------------- events
     async def log_event(self, event: EventRecord) -> None:
         _records.check_event(event)
         payload = _records.encode_event(event)
-        async with self._guard("log_event"):
+        async with self.guard("log_event"):
             ok = await self._scripts["log"](
-                keys=[self._k("event", event.event_id), self._k("events")],
+                keys=[self.key("event", event.event_id), self.key("events")],
                 args=[payload, _num(event.created_at), self.event_ttl_s, event.event_id],
             )
         if not ok:
             raise InvalidArgumentError("event_id", f"{event.event_id!r} is already logged")
 
     async def get_event(self, event_id: str) -> EventRecord | None:
-        async with self._guard("get_event"):
-            data = await self._client.get(self._k("event", event_id))
+        async with self.guard("get_event"):
+            data = await self._client.get(self.key("event", event_id))
         return None if data is None else _records.decode_event(data)
 
     # ---------------------------------------------------------------- rewards
     async def record_reward(self, reward: RewardRecord, deltas: Mapping[str, StatsDelta]) -> bool:
-        keys = [self._k("rewards", reward.event_id), self._pending_key(self.replica_id)]
+        keys = [self.key("rewards", reward.event_id), self.pending_key(self.replica_id)]
         args: list[Any] = [reward.item_id, _records.encode_reward(reward), self.event_ttl_s]
         item_args: list[Any] = []
         n_item_policies = 0
@@ -256,7 +258,7 @@ class RedisStore(StateStore):
                 array_policies.append(policy)
             if delta.items:
                 n_item_policies += 1
-                keys += [self._k("stats", policy, "items"), self._k("stats", policy, "version")]
+                keys += [self.key("stats", policy, "items"), self.key("stats", policy, "version")]
                 fields = [
                     (f"{item_id}#{j}", _num(v))
                     for item_id, vec in delta.items.items()
@@ -266,11 +268,11 @@ class RedisStore(StateStore):
         ref = f"{reward.event_id}{SEP}{reward.item_id}" if array_policies else ""
         args += [ref, json.dumps(array_policies), n_item_policies, *item_args]
         if not ref:
-            async with self._guard("record_reward"):
+            async with self.guard("record_reward"):
                 return int(await self._scripts["reward"](keys=keys, args=args)) == 1
         self._inflight[ref] = self._inflight.get(ref, 0) + 1
         try:
-            async with self._guard("record_reward"):
+            async with self.guard("record_reward"):
                 result = int(await self._scripts["reward"](keys=keys, args=args))
             # 2: a duplicate whose first attempt ran here but whose answer was lost (we
             # raised then); its pending ref waits for this replica's deltas: add them.
@@ -298,7 +300,7 @@ class RedisStore(StateStore):
         while True:
             await asyncio.sleep(self.flush_ms / 1000.0)
             try:
-                async with self._guard("heartbeat"):
+                async with self.guard("heartbeat"):
                     await self._heartbeat()
             except StateUnavailableError as exc:
                 log.warning("redis heartbeat failed: %s", exc)
@@ -311,7 +313,7 @@ class RedisStore(StateStore):
                 return
             acc, refs = self._buffer.drain()
             try:
-                applied = await self._apply_arrays(self.replica_id, list(refs), acc)
+                applied = await self.apply_arrays(self.replica_id, list(refs), acc)
             except StateUnavailableError:
                 self._buffer.restore(acc, refs)  # kept for the next attempt
                 raise
@@ -323,86 +325,45 @@ class RedisStore(StateStore):
                     self.replica_id,
                 )
 
-    async def _apply_arrays(self, replica: str, refs: list[str], acc: Sums) -> bool:
-        keys = [self._pending_key(replica)]
+    async def apply_arrays(self, replica: str, refs: list[str], acc: Sums) -> bool:
+        """Append ``acc`` for ``replica`` and forget ``refs`` from its pending hash,
+        atomically; False when another process did it first."""
+        keys = [self.pending_key(replica)]
         arr_args: list[Any] = []
         for (policy, name), arr in acc.items():
             keys += [
-                self._k("stats", policy, "arr", name, "deltas"),
-                self._k("stats", policy, "arrays"),
-                self._k("stats", policy, "version"),
+                self.key("stats", policy, "arr", name, "deltas"),
+                self.key("stats", policy, "arrays"),
+                self.key("stats", policy, "version"),
             ]
             arr_args += [name, dump_array(arr)]
-        async with self._guard("flush"):
+        async with self.guard("flush"):
             result = await self._scripts["flush"](
                 keys=keys, args=[len(refs), *refs, len(acc), *arr_args]
             )
         return bool(result)
 
     async def recover_pending(self, compute_deltas: ComputeDeltas) -> int:
-        """Apply the array deltas that dead replicas acknowledged but never flushed.
-
-        A replica is dead when its heartbeat key (refreshed every ``array_flush_ms``,
-        TTL ``replica_ttl_s``) has expired. ``compute_deltas(event, reward)`` must return
-        what the engine's policies' ``update`` returned for that reward (only the array
-        parts are used). Safe to run from several processes at once: each dead
-        replica's deltas are applied at most once. Returns the number of rewards applied;
-        rewards whose event has expired cannot be recomputed and are logged and dropped."""
-        recovered = 0
-        async with self._guard("recover_pending"):
-            replicas = [r.decode() for r in await self._client.smembers(self._k("replicas"))]
-        for replica in replicas:
-            if replica == self.replica_id:
-                continue
-            async with self._guard("recover_pending"):
-                if await self._client.exists(self._k("replica", replica)):
-                    continue  # alive
-                pending = await self._client.hgetall(self._pending_key(replica))
-            acc: Sums = {}
-            refs = [r.decode() for r in pending]
-            n_ok = 0
-            for ref, policies_b in zip(refs, pending.values(), strict=True):
-                event_id, item_id = ref.split(SEP, 1)
-                event = await self.get_event(event_id)
-                async with self._guard("recover_pending"):
-                    raw = await self._client.hget(self._k("rewards", event_id), item_id)
-                if event is None or raw is None:
-                    log.error(
-                        "cannot recover array deltas of reward %s/%s: event expired",
-                        event_id,
-                        item_id,
-                    )
-                    continue
-                deltas = compute_deltas(event, _records.decode_reward(event_id, item_id, raw))
-                if inspect.isawaitable(deltas):
-                    deltas = await deltas
-                for policy in json.loads(policies_b):
-                    for name, arr in deltas[policy].arrays.items() if policy in deltas else ():
-                        add_into(acc, (policy, name), arr)
-                n_ok += 1
-            if refs and not await self._apply_arrays(replica, refs, acc):
-                continue  # another process recovered this replica first
-            recovered += n_ok
-            async with self._guard("recover_pending"):
-                await self._client.srem(self._k("replicas"), replica)
-        return recovered
+        """Apply the array deltas that dead replicas acknowledged but never flushed (see
+        :func:`explorank.plugins.builtin.redis_recovery.recover_pending`)."""
+        return await redis_recovery.recover_pending(self, compute_deltas)
 
     # ------------------------------------------------------------------ stats
     async def load_stats(self, policy: str) -> PolicyStats:
         """Redis's merged statistics plus this replica's not yet flushed array deltas."""
         stats = PolicyStats()
-        async with self._guard("load_stats"):
+        async with self.guard("load_stats"):
             pipe = self._client.pipeline(transaction=True)
-            pipe.hgetall(self._k("stats", policy, "items"))
-            pipe.smembers(self._k("stats", policy, "arrays"))
-            pipe.get(self._k("stats", policy, "version"))
+            pipe.hgetall(self.key("stats", policy, "items"))
+            pipe.smembers(self.key("stats", policy, "arrays"))
+            pipe.get(self.key("stats", policy, "version"))
             fields, names, version = await pipe.execute()
             names = sorted(n.decode() for n in names)
             if names:
                 pipe = self._client.pipeline(transaction=True)
                 for name in names:
-                    pipe.get(self._k("stats", policy, "arr", name, "base"))
-                    pipe.lrange(self._k("stats", policy, "arr", name, "deltas"), 0, -1)
+                    pipe.get(self.key("stats", policy, "arr", name, "base"))
+                    pipe.lrange(self.key("stats", policy, "arr", name, "deltas"), 0, -1)
                 blobs = await pipe.execute()
         stats.version = int(version or 0)
         parts: dict[str, dict[int, float]] = {}
@@ -431,10 +392,10 @@ class RedisStore(StateStore):
         """Fold the delta list into ``base``; a concurrent compaction makes this a no-op."""
         from redis.exceptions import WatchError
 
-        base_key = self._k("stats", policy, "arr", name, "base")
-        list_key = self._k("stats", policy, "arr", name, "deltas")
+        base_key = self.key("stats", policy, "arr", name, "base")
+        list_key = self.key("stats", policy, "arr", name, "deltas")
         try:
-            async with self._guard("compact"), self._client.pipeline(transaction=True) as pipe:
+            async with self.guard("compact"), self._client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(base_key)
                     base = await pipe.get(base_key)
@@ -454,77 +415,13 @@ class RedisStore(StateStore):
             log.warning("array compaction skipped: %s", exc)
 
     # ------------------------------------------------------- export, retention
-    async def _iter_event_ids(self, page: int = 500) -> AsyncIterator[list[str]]:
-        """Event ids by creation time, paged by score (robust to concurrent inserts)."""
-        last = float("-inf")
-        seen_at_last: set[str] = set()
-        while True:
-            async with self._guard("export"):
-                rows = await self._client.zrangebyscore(
-                    self._k("events"),
-                    last,
-                    "+inf",
-                    start=0,
-                    num=page + len(seen_at_last),
-                    withscores=True,
-                )
-            fresh = [
-                (m.decode(), s) for m, s in rows if m.decode() not in seen_at_last or s != last
-            ]
-            if not fresh:
-                return
-            top = fresh[-1][1]
-            seen_at_last = {m for m, s in fresh if s == top} | (
-                seen_at_last if top == last else set()
-            )
-            last = top
-            yield [m for m, _ in fresh]
-
     async def export_events(self, path: Path, fmt: str = "jsonl") -> int:
-        with _records.ExportWriter(Path(path), _records.check_format(fmt)) as writer:
-            async for ids in self._iter_event_ids():
-                async with self._guard("export"):
-                    pipe = self._client.pipeline(transaction=False)
-                    for event_id in ids:
-                        pipe.get(self._k("event", event_id))
-                        pipe.hgetall(self._k("rewards", event_id))
-                    res = await pipe.execute()
-                for i, event_id in enumerate(ids):
-                    payload, rewards = res[2 * i], res[2 * i + 1]
-                    if payload is None:
-                        continue  # expired (event_ttl_s)
-                    recs = [
-                        _records.decode_reward(event_id, k.decode(), v) for k, v in rewards.items()
-                    ]
-                    writer.write(_records.export_row(_records.decode_event(payload), recs))
-                    if writer.count % 10_000 == 0:
-                        log.info("exported %d events", writer.count)
-        return writer.count
+        return await redis_export.export_events(self, Path(path), fmt)
 
     async def apply_retention(self, max_age_s: float | None, max_events: int | None) -> int:
         """Drop events (and their rewards) older than ``max_age_s`` or beyond the newest
         ``max_events``. Statistics are untouched: they already absorbed the rewards."""
-        doomed: list[bytes] = []
-        zkey = self._k("events")
-        async with self._guard("apply_retention"):
-            if max_age_s is not None:
-                doomed += await self._client.zrangebyscore(
-                    zkey, "-inf", f"({time.time() - max_age_s!r}"
-                )
-            if max_events is not None:
-                excess = await self._client.zcard(zkey) - int(max_events)
-                if excess > 0:
-                    doomed += await self._client.zrange(zkey, 0, excess - 1)
-            ids = sorted({d.decode() for d in doomed})
-            dropped = 0
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                pipe = self._client.pipeline(transaction=True)
-                pipe.delete(*[self._k("event", e) for e in chunk])
-                pipe.delete(*[self._k("rewards", e) for e in chunk])
-                pipe.zrem(zkey, *chunk)
-                dropped += int((await pipe.execute())[0])
-        return dropped
+        return await redis_export.apply_retention(self, max_age_s, max_events)
 
 
 @hookimpl
