@@ -150,6 +150,7 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         max_queue_delay_ms: float = 2.0,
         max_queue_size: int = 1024,
+        max_request_share: float = 1.0,
         length_buckets: Sequence[int] = (16, 32, 64, 128),
         executor: concurrent.futures.Executor | None = None,
         metrics: BatcherMetrics | None = None,
@@ -163,6 +164,8 @@ class DynamicBatcher:
             raise ConfigError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
         if int(max_queue_size) < 1:
             raise ConfigError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        if not 0.0 < max_request_share <= 1.0:
+            raise ConfigError(f"max_request_share must be in (0, 1], got {max_request_share}")
         if int(max_inflight_batches) < 1:
             raise ConfigError(f"max_inflight_batches must be >= 1, got {max_inflight_batches}")
         buckets = sorted({int(b) for b in length_buckets})
@@ -174,6 +177,8 @@ class DynamicBatcher:
         self.max_batch_size = int(max_batch_size)
         self.max_queue_delay_s = float(max_queue_delay_ms) / 1000.0
         self.max_queue_size = int(max_queue_size)
+        #: the most sequences one submit_many may queue at once
+        self.max_per_request = max(1, int(self.max_queue_size * max_request_share))
         self.length_buckets: tuple[int, ...] = tuple(buckets)
         self.pad_id = int(pad_id)
         self._max_inflight = int(max_inflight_batches)
@@ -298,9 +303,13 @@ class DynamicBatcher:
         if self._state != "running":
             raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
         n = len(arrays)
-        if n > self.max_queue_size:
-            raise ResourceExhaustedError(
-                f"{n} sequences exceed the encoder queue capacity ({self.max_queue_size}); send fewer"
+        if n > self.max_per_request:
+            # A caller's error, not overload: retrying would never help.
+            raise InvalidArgumentError(
+                "input_ids",
+                f"{n} sequences in one request exceed the encoder queue's per-request share "
+                f"({self.max_per_request} of {self.max_queue_size}: batching.max_queue_size x "
+                "batching.max_request_share); send fewer",
             )
         if self._pending + n > self.max_queue_size:
             self._prune()

@@ -85,6 +85,8 @@ class BatchingConfig(_Section):
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
     #: Pending encoder requests beyond this are refused with RESOURCE_EXHAUSTED.
     max_queue_size: int = Field(1024, ge=1)
+    #: The largest share of the queue one request may take (others keep being served).
+    max_request_share: float = Field(0.25, gt=0, le=1)
     #: Requests are batched only with others of the same bucket, and a batch is padded to
     #: its longest sequence (rounded up to 8), so finer buckets waste less padding.
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 80, 96, 112, 128])
@@ -105,11 +107,18 @@ class CacheConfig(_Section):
 
 class LimitsConfig(_Section):
     max_candidates: int = Field(10_000, ge=1)
+    #: Candidates not in the catalog (given with their text, so they must be encoded) per
+    #: request; must fit batching.max_queue_size x batching.max_request_share (with the user
+    #: context): a request over it is INVALID_ARGUMENT naming this limit, never a retryable
+    #: RESOURCE_EXHAUSTED.
+    max_new_texts: int = Field(255, ge=0)
     max_top_k: int = Field(1000, ge=1)
     default_top_k: int = Field(10, ge=1)
     max_text_chars: int = Field(8192, ge=1)
+    max_text_bytes: int = Field(32_768, ge=1)
     max_history: int = Field(100, ge=0)
     max_id_chars: int = Field(256, ge=1)
+    max_id_bytes: int = Field(1024, ge=1)
 
 
 class RankingConfig(_Section):
@@ -187,8 +196,17 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        if self.limits.default_top_k > self.limits.max_top_k:
+        lim, bc = self.limits, self.batching
+        if lim.default_top_k > lim.max_top_k:
             raise ValueError("limits.default_top_k must not exceed limits.max_top_k")
+        share = int(bc.max_queue_size * bc.max_request_share)
+        if lim.max_new_texts + 1 > share:
+            raise ValueError(
+                f"limits.max_new_texts ({lim.max_new_texts}) plus the user context must fit one "
+                f"request's share of the encoder queue: batching.max_queue_size "
+                f"({bc.max_queue_size}) x batching.max_request_share ({bc.max_request_share}) "
+                f"= {share}; lower the limit or raise the queue"
+            )
         return self
 
     @classmethod

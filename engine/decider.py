@@ -55,8 +55,8 @@ class Decider:
         self.metrics = metrics
         self.scorers: dict[str, Scorer] = {}
         self.policies: dict[str, Policy] = {}
-        #: plugin kind and name -> why it could not be built (reported by GetInfo)
-        self.unavailable: dict[str, str] = {}
+        #: (kind, name, why) of every plugin that could not be built (reported by GetInfo)
+        self.unavailable: list[tuple[str, str, str]] = []
         self.stats = core.StatsBook()
 
     # ------------------------------------------------------------------ building
@@ -79,7 +79,7 @@ class Decider:
             except Exception as exc:  # a third-party scorer that cannot serve this bundle
                 if name == rc.default_scorer or name in rc.scorers:
                     raise ConfigError(f"scorer {name!r} cannot be created: {exc}") from exc
-                self.unavailable[f"scorer {name}"] = f"{type(exc).__name__}: {exc}"
+                self.unavailable.append(("scorer", name, f"{type(exc).__name__}: {exc}"))
                 log.warning("scorer %s unavailable for this bundle: %s", name, exc)
         for name in self.plugins.policy_classes():
             try:
@@ -87,7 +87,7 @@ class Decider:
             except Exception as exc:
                 if name == rc.default_policy or name in rc.policies:
                     raise ConfigError(f"policy {name!r} cannot be created: {exc}") from exc
-                self.unavailable[f"policy {name}"] = f"{type(exc).__name__}: {exc}"
+                self.unavailable.append(("policy", name, f"{type(exc).__name__}: {exc}"))
                 log.warning("policy %s unavailable: %s", name, exc)
 
     def scorer_name(self, name: str) -> str:
@@ -180,8 +180,8 @@ class Decider:
     def _named(self, exc: core.PluginFailure) -> core.PluginFailure:
         """The failure with the plugin's package and version in the message."""
         try:
-            dist, version = self.plugins.provenance(exc.kind, exc.name)
-            where = f" (package {dist} {version})"
+            info = self.plugins.infos(exc.kind)[exc.name]
+            where = f" (plugin {info.plugin}, package {info.distribution} {info.version})"
         except Exception:
             where = ""
         named = core.PluginFailure(exc.kind, exc.name, exc.detail + where)
@@ -193,4 +193,7 @@ class Decider:
             "policies": sorted(self.policies),
             "default_scorer": self.ranking.default_scorer,
             "default_policy": self.ranking.default_policy,
+            "unavailable_plugins": [
+                {"kind": k, "name": n, "error": e} for k, n, e in self.unavailable
+            ],
         }

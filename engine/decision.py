@@ -255,6 +255,7 @@ def to_event(
     user_id: str = "",
     context_text: str = "",
     top_k: int = 0,
+    request_hash: str = "",
 ) -> EventRecord:
     """The event record of a decision: what a later reward needs, and what offline
     evaluation reads."""
@@ -275,6 +276,7 @@ def to_event(
         ranked_embeddings=np.ascontiguousarray(cand_vecs[decision.order], dtype=np.float32),
         context_text=context_text,
         top_k=top_k or len(decision.ranked_ids),
+        request_hash=request_hash,
     )
 
 

@@ -48,8 +48,13 @@ class Embedder:
         batching: BatchingConfig,
         cache: CacheConfig,
         metrics: EngineMetrics,
+        max_new_texts: int = 255,
     ) -> None:
         self.bundle = bundle
+        self.max_new_texts = int(max_new_texts)
+        # Plugins receive this matrix (or rows of it) on every whole-catalog Rank: read-only,
+        # so a plugin cannot corrupt it for the requests that follow.
+        bundle.item_embeddings.setflags(write=False)
         self.backend = backend
         self.tokenizer = tokenizer
         self.batching = batching
@@ -77,6 +82,7 @@ class Embedder:
             max_batch_size=bc.max_batch_size,
             max_queue_delay_ms=bc.max_queue_delay_ms,
             max_queue_size=bc.max_queue_size,
+            max_request_share=bc.max_request_share,
             length_buckets=tuple(b for b in bc.length_buckets if b <= max_len) or (max_len,),
             metrics=self.metrics,
             pad_id=self.tokenizer.pad_id,
@@ -165,6 +171,13 @@ class Embedder:
             rows[i] = -1
             new_pos.append(i)
             new_texts.append(cand.text)
+        if len(new_pos) > self.max_new_texts:
+            raise InvalidArgumentError(
+                "candidates",
+                f"{len(new_pos)} candidates are not in the catalog and must be encoded from "
+                f"their text; the limit is {self.max_new_texts} per request "
+                "(limits.max_new_texts): send the rest in another request",
+            )
         emb = np.empty((len(ids), b.embedding_dim), dtype=np.float32)
         known = rows >= 0
         emb[known] = b.item_embeddings[rows[known]]

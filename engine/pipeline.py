@@ -37,9 +37,10 @@ from explorank.engine.requests import (
     RankInput,
     RankOutput,
     RewardOutput,
+    request_fingerprint,
     validate_rank,
 )
-from explorank.errors import ConfigError, UnavailableError
+from explorank.errors import AlreadyExistsError, ConfigError, UnavailableError
 from explorank.plugins.api import EventRecord, ScorerContext, StateStore
 from explorank.plugins.manager import PluginManager
 
@@ -109,6 +110,7 @@ class Engine:
             batching=config.batching,
             cache=config.cache,
             metrics=self.metrics,
+            max_new_texts=config.limits.max_new_texts,
         )
         self.decider = Decider(
             config.ranking,
@@ -134,6 +136,8 @@ class Engine:
         self.accepting = True
         self._tasks: list[asyncio.Task[Any]] = []
         self._inflight = 0
+        #: event id -> the first call's event (None if it failed), while it is being decided
+        self._running_events: dict[str, asyncio.Future[EventRecord | None]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -208,7 +212,12 @@ class Engine:
 
     # ----------------------------------------------------------------------- Rank
     async def rank(self, req: RankInput, *, deadline: float | None = None) -> RankOutput:
-        """Rank candidates for one request. ``deadline`` is a ``time.monotonic()`` time."""
+        """Rank candidates for one request. ``deadline`` is a ``time.monotonic()`` time.
+
+        ``event_id`` is an idempotency key of one caller's request: repeating it with the
+        same request returns the logged answer (also while the first call is still running:
+        both get the first call's result); repeating it with a different request (another
+        user, context, candidates, top_k, scorer or policy) is ALREADY_EXISTS."""
         self._enter()
         t_start = time.perf_counter()
         try:
@@ -216,46 +225,94 @@ class Engine:
             req = validate_rank(req, self.config.limits)
             scorer_name = self.decider.scorer_name(req.scorer)
             policy_name = self.decider.policy_name(req.policy)
-            if explicit_event:
+            fingerprint = request_fingerprint(req, scorer_name, policy_name)
+            if not explicit_event:
+                event = await self._decide_and_log(
+                    req, scorer_name, policy_name, fingerprint, deadline
+                )
+                return self._output(event, req)
+            while True:
                 prior = await self.events.get(req.event_id)
                 if prior is not None:
-                    return self._output(prior, req)
-            text = self.embedder.context_text(req)
-            user, cands = await self.embedder.embed(req, text, deadline)
-
-            def decide() -> Decision:
-                return self.decider.decide(
-                    scorer_name,
-                    policy_name,
-                    user=user,
-                    cand_ids=cands.ids,
-                    cand_vecs=cands.embeddings,
-                    top_k=req.top_k,
-                    event_id=req.event_id,
+                    return self._output(self._same_request(prior, req, fingerprint), req)
+                running = self._running_events.get(req.event_id)
+                if running is None:
+                    break
+                first = await asyncio.shield(running)  # None when the first call failed
+                if first is not None:
+                    return self._output(self._same_request(first, req, fingerprint), req)
+            done: asyncio.Future[EventRecord | None] = asyncio.get_running_loop().create_future()
+            self._running_events[req.event_id] = done
+            event = None
+            try:
+                event = await self._decide_and_log(
+                    req, scorer_name, policy_name, fingerprint, deadline
                 )
-
-            if len(cands.ids) > _OFFLOAD_DECISION_ABOVE:
-                decision = await asyncio.to_thread(decide)
-            else:
-                decision = decide()
-            t0 = time.perf_counter()
-            event = to_event(
-                decision,
-                event_id=req.event_id,
-                created_at=time.time(),
-                user=user,
-                cand_vecs=cands.embeddings,
-                model_version=self.bundle.model_version,
-                user_id=req.user_id,
-                context_text=text,
-                top_k=req.top_k,
-            )
-            await self.events.log(event)
-            self.metrics.stage.labels("log").observe(time.perf_counter() - t0)
+            finally:
+                done.set_result(event)
+                del self._running_events[req.event_id]
             return self._output(event, req)
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
             self._leave()
+
+    @staticmethod
+    def _same_request(event: EventRecord, req: RankInput, fingerprint: str) -> EventRecord:
+        """``event`` if it was logged for this request, else ALREADY_EXISTS."""
+        if event.request_hash:
+            same = event.request_hash == fingerprint
+        else:  # logged before request fingerprints existed: compare what was recorded
+            same = event.user_id == req.user_id
+        if not same:
+            raise AlreadyExistsError(
+                f"event_id: {req.event_id!r} was already used by a different request (another "
+                "user, context, candidates, top_k, scorer or policy); use a new event_id for a "
+                "new request"
+            )
+        return event
+
+    async def _decide_and_log(
+        self,
+        req: RankInput,
+        scorer_name: str,
+        policy_name: str,
+        fingerprint: str,
+        deadline: float | None,
+    ) -> EventRecord:
+        text = self.embedder.context_text(req)
+        user, cands = await self.embedder.embed(req, text, deadline)
+
+        def decide() -> Decision:
+            return self.decider.decide(
+                scorer_name,
+                policy_name,
+                user=user,
+                cand_ids=cands.ids,
+                cand_vecs=cands.embeddings,
+                top_k=req.top_k,
+                event_id=req.event_id,
+            )
+
+        if len(cands.ids) > _OFFLOAD_DECISION_ABOVE:
+            decision = await asyncio.to_thread(decide)
+        else:
+            decision = decide()
+        t0 = time.perf_counter()
+        event = to_event(
+            decision,
+            event_id=req.event_id,
+            created_at=time.time(),
+            user=user,
+            cand_vecs=cands.embeddings,
+            model_version=self.bundle.model_version,
+            user_id=req.user_id,
+            context_text=text,
+            top_k=req.top_k,
+            request_hash=fingerprint,
+        )
+        await self.events.log(event)
+        self.metrics.stage.labels("log").observe(time.perf_counter() - t0)
+        return event
 
     def _output(self, event: EventRecord, req: RankInput) -> RankOutput:
         texts = self.embedder.item_texts(event.ranked_ids, req) if req.include_text else None

@@ -4,6 +4,7 @@ evaluation simulator and tests use them directly."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import uuid
@@ -12,7 +13,16 @@ from dataclasses import dataclass, field
 from explorank.engine.config import LimitsConfig
 from explorank.errors import InvalidArgumentError
 
-_ID_RE = re.compile(r"^[^\x00-\x1f]+$")
+#: Ids: any text without control characters (C0, DEL, C1 incl. U+0085), line or paragraph
+#: separators (U+2028/9) or lone surrogates. Checked with fullmatch: "id\n" is refused.
+_ID_RE = re.compile("[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
+
+
+def _utf8_len(value: str, name: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(name, "is not valid Unicode (lone surrogate)") from None
 
 
 @dataclass(frozen=True)
@@ -68,14 +78,26 @@ def _check_id(value: str, name: str, limits: LimitsConfig, *, required: bool) ->
         raise InvalidArgumentError(
             name, f"is {len(value)} characters long; the limit is {limits.max_id_chars}"
         )
-    if not _ID_RE.match(value):
-        raise InvalidArgumentError(name, "must not contain control characters")
+    if not _ID_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            name, "must not contain control characters, line separators or lone surrogates"
+        )
+    size = _utf8_len(value, name)
+    if size > limits.max_id_bytes:
+        raise InvalidArgumentError(
+            name, f"is {size} bytes in UTF-8; the limit is {limits.max_id_bytes}"
+        )
 
 
 def _check_text(value: str, name: str, limits: LimitsConfig) -> None:
     if len(value) > limits.max_text_chars:
         raise InvalidArgumentError(
             name, f"is {len(value)} characters long; the limit is {limits.max_text_chars}"
+        )
+    size = _utf8_len(value, name)
+    if size > limits.max_text_bytes:
+        raise InvalidArgumentError(
+            name, f"is {size} bytes in UTF-8; the limit is {limits.max_text_bytes}"
         )
 
 
@@ -122,3 +144,22 @@ def validate_reward(event_id: str, item_id: str, value: float, limits: LimitsCon
         raise InvalidArgumentError("value", f"must be a finite number, got {value!r}")
     if not -1.0 <= value <= 1.0:
         raise InvalidArgumentError("value", f"must be in [-1, 1], got {value!r}")
+
+
+def request_fingerprint(req: RankInput, scorer: str, policy: str) -> str:
+    """A digest of everything that makes a Rank request this request (not the event id):
+    a repeated ``event_id`` must come with the same fingerprint."""
+    h = hashlib.blake2b(digest_size=16)
+    parts = [
+        req.user_id,
+        req.context_text,
+        "\x1e".join(req.history_item_ids),
+        "\x1e".join(f"{c.item_id}\x1f{c.text}" for c in req.candidates),
+        str(req.top_k),
+        scorer,
+        policy,
+    ]
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()

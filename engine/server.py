@@ -14,11 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from explorank.engine.grpc_errors import status_for
+from explorank.engine.grpc_errors import OncePerKey, to_client
 from explorank.engine.pipeline import Engine
 from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
-from explorank.errors import ConfigError
+from explorank.errors import ConfigError, InvalidArgumentError, redact
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
 log = logging.getLogger("explorank.server")
@@ -60,30 +60,94 @@ def rank_output_to_proto(out: RankOutput) -> ranker_pb2.RankResponse:
     )
 
 
+class Malformed:
+    """A request body that could not be decoded (see :func:`add_ranker_service`)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a bad body causes
+            return Malformed(exc)
+
+    return deserialize
+
+
+def add_ranker_service(servicer: RankerServicer, server: grpc.aio.Server) -> None:
+    """Register the Ranker service like the generated ``add_RankerServicer_to_server``, but
+    with request decoders that never raise: a malformed body reaches the handler as
+    :class:`Malformed` and is answered INVALID_ARGUMENT (gRPC would answer UNKNOWN with the
+    decoder's text and log a traceback per request)."""
+    service = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"]
+    handlers = {}
+    for method in service.methods:
+        request_cls = getattr(ranker_pb2, method.input_type.name)
+        response_cls = getattr(ranker_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_safe(request_cls.FromString),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
 class RankerServicer(ranker_pb2_grpc.RankerServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._log_once = OncePerKey()
 
     async def _call(
-        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+        fn: Callable[[], Awaitable[T]],
     ) -> T:
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Malformed):
+                self._log_once(
+                    f"malformed {rpc}",
+                    f"{rpc}: a request body could not be decoded "
+                    f"({type(request.error).__name__}); answered INVALID_ARGUMENT",
+                )
+                raise InvalidArgumentError(
+                    "request", f"the {rpc} request body is not a valid protobuf message"
+                )
             return await fn()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code = status_for(exc)
+            out = to_client(exc)
+            code = out.code
             if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", rpc)
-                message = f"internal error: {type(exc).__name__}: {exc}"
-            else:
-                message = str(exc)
-            await context.abort(code, message)
+                self._report_internal(rpc, exc, out.error_id)
+            await context.abort(code, out.message)
             raise  # abort raises; unreachable
         finally:
             self.engine.metrics.requests.labels(rpc, code.name).inc()
+
+    def _report_internal(self, rpc: str, exc: BaseException, error_id: str) -> None:
+        """Log an INTERNAL once with its traceback (per plugin, or per exception type and
+        place), then as rate-limited one-liners; every line carries the error id."""
+        from explorank.engine.decision import PluginFailure
+
+        if isinstance(exc, PluginFailure):
+            key = f"plugin {exc.kind} {exc.name}"
+        else:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+            key = f"{type(exc).__name__} at {where}"
+        self._log_once(key, f"{rpc} failed (error id {error_id}): {redact(str(exc))}", exc=exc)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -100,7 +164,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             )
             return rank_output_to_proto(out)
 
-        return await self._call("Rank", context, run)
+        return await self._call("Rank", context, request, run)
 
     async def Reward(
         self, request: ranker_pb2.RewardRequest, context: grpc.aio.ServicerContext
@@ -109,7 +173,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             out = await self.engine.reward(request.event_id, request.item_id, request.value)
             return ranker_pb2.RewardResponse(accepted=out.accepted, duplicate=out.duplicate)
 
-        return await self._call("Reward", context, run)
+        return await self._call("Reward", context, request, run)
 
     async def GetInfo(
         self, request: ranker_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
@@ -120,9 +184,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             gate = info.pop("int8_gate", None)
             if gate is not None:
                 info["int8_gate"] = ranker_pb2.Int8Gate(**gate)
+            info["unavailable_plugins"] = [
+                ranker_pb2.PluginProblem(**p) for p in info.pop("unavailable_plugins")
+            ]
             return ranker_pb2.GetInfoResponse(batching=batching, **info)
 
-        return await self._call("GetInfo", context, run)
+        return await self._call("GetInfo", context, request, run)
 
 
 class Server:
@@ -141,7 +208,7 @@ class Server:
             ],
         )
         self.health = health.aio.HealthServicer()
-        ranker_pb2_grpc.add_RankerServicer_to_server(RankerServicer(engine), self.grpc_server)
+        add_ranker_service(RankerServicer(engine), self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (

@@ -6,6 +6,8 @@ The gRPC layer maps these to status codes in exactly one place
 
 from __future__ import annotations
 
+import re
+
 
 class ExplorankError(Exception):
     """Base class of every error explorank raises on purpose."""
@@ -32,6 +34,10 @@ class ResourceExhaustedError(ExplorankError):
     """Overloaded: the batcher queue is full. Retry with backoff."""
 
 
+class AlreadyExistsError(ExplorankError):
+    """The request reuses a key (e.g. an ``event_id``) that belongs to a different request."""
+
+
 class DeadlineExceededError(ExplorankError, TimeoutError):
     """The request's deadline passed before it could be computed."""
 
@@ -54,3 +60,21 @@ class ExportError(ExplorankError):
 
 class ParityError(ExportError):
     """An exported artefact does not match its reference within tolerance."""
+
+
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@"
+)
+_KEY_VALUE_SECRET = re.compile(
+    r"(?i)\b(?P<key>password|passwd|token|secret|api[_-]?key)(?P<sep>\s*[=:]\s*)(?P<value>[^\s,;&'\"]+)"
+)
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials masked: passwords in URLs (``redis://:pw@h`` ->
+    ``redis://:***@h``), ``password=...`` / ``token: ...`` pairs and bearer tokens. Applied to
+    every message a client sees and to the log lines that quote URLs."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _KEY_VALUE_SECRET.sub(lambda m: f"{m['key']}{m['sep']}***", text)
+    return _BEARER.sub("Bearer ***", text)

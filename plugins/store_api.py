@@ -42,6 +42,9 @@ class EventRecord:
     ranked_embeddings: np.ndarray  # (k, d) float32, embeddings of the returned items
     context_text: str = ""
     top_k: int = 0
+    #: A digest of the Rank request that produced the event (user, context, history,
+    #: candidates, top_k, scorer, policy): a repeated ``event_id`` must carry the same request.
+    request_hash: str = ""
 
     def position_of(self, item_id: str) -> int:
         """0-based position of ``item_id`` in the returned ranking, -1 when absent."""

@@ -281,7 +281,13 @@ def test_overload_is_resource_exhausted_never_internal(tiny_bundle: Path, tmp_pa
     config = make_config(
         tiny_bundle,
         tmp_path / "s.db",
-        batching={"max_batch_size": 1, "max_queue_size": 1, "max_queue_delay_ms": 0.0},
+        batching={
+            "max_batch_size": 1,
+            "max_queue_size": 1,
+            "max_queue_delay_ms": 0.0,
+            "max_request_share": 1.0,
+        },
+        limits={"max_new_texts": 0},  # a one-sequence queue fits only the user context
     )
     with ThreadServer(config) as srv:
         stub = ranker_pb2_grpc.RankerStub(srv.channel())

@@ -107,6 +107,7 @@ def _header(event: EventRecord) -> dict[str, Any]:
         "top_k": int(event.top_k),
         "context_text": event.context_text,
         "candidate_ids": list(event.candidate_ids),
+        "request_hash": event.request_hash,
     }
 
 
@@ -149,6 +150,7 @@ def decode_event(data: bytes | str) -> EventRecord:
         ranked_embeddings=_array_from_json(obj["ranked_embeddings"], "<f4").astype(np.float32),
         context_text=obj["context_text"],
         top_k=obj["top_k"],
+        request_hash=obj.get("request_hash", ""),
     )
 
 

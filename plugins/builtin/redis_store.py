@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from explorank import hookimpl
-from explorank.errors import ConfigError, InvalidArgumentError
+from explorank.errors import ConfigError, InvalidArgumentError, redact
 from explorank.plugins.api import (
     EventRecord,
     PluginParams,
@@ -221,7 +221,7 @@ class RedisStore(StateStore):
             yield
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise StateUnavailableError(
-                f"redis {self.url} unavailable during {what}: {exc}"
+                redact(f"redis {self.url} unavailable during {what}: {exc}")
             ) from exc
 
     async def _heartbeat(self) -> None:

@@ -99,7 +99,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., length_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate")
+    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate", "unavailable_plugins")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class GetInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     INT8_GATE_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_PLUGINS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     embedding_dim: int
@@ -134,7 +135,18 @@ class GetInfoResponse(_message.Message):
     version: str
     precision_reason: str
     int8_gate: Int8Gate
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ..., precision_reason: _Optional[str] = ..., int8_gate: _Optional[_Union[Int8Gate, _Mapping]] = ...) -> None: ...
+    unavailable_plugins: _containers.RepeatedCompositeFieldContainer[PluginProblem]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ..., precision_reason: _Optional[str] = ..., int8_gate: _Optional[_Union[Int8Gate, _Mapping]] = ..., unavailable_plugins: _Optional[_Iterable[_Union[PluginProblem, _Mapping]]] = ...) -> None: ...
+
+class PluginProblem(_message.Message):
+    __slots__ = ("kind", "name", "error")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    error: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Int8Gate(_message.Message):
     __slots__ = ("passed", "min_cosine", "top10_overlap", "min_cosine_required", "top10_overlap_required", "texts", "cpu_int8_kernels", "int8_config")
