@@ -2,7 +2,9 @@
 
 A bundle is untrusted input. Before the engine opens any of its files:
 
-1. ``manifest.json`` is read once, as bytes;
+1. ``manifest.json`` is read once, as bytes; with trusted keys configured, its detached
+   ed25519 signature (``manifest.json.sig``) must verify against one of them
+   (:mod:`explorank.engine.signing`);
 2. the same bytes are validated by :class:`~explorank.engine.manifest.Manifest`: every
    referenced path is relative, stays inside the bundle and is listed in ``files``;
 3. every file in ``files`` must resolve (symlinks resolved) to a regular file inside the
@@ -18,7 +20,7 @@ import hashlib
 import json
 import logging
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,8 @@ class Bundle:
     index: dict[str, int]  # item id -> row
     spec: Manifest | None = None
     listed: frozenset[str] | None = None
+    #: The key id of the trusted key the manifest's signature verified against, if any.
+    signed_by: str | None = None
 
     @property
     def embedding_dim(self) -> int:
@@ -191,7 +195,7 @@ class Bundle:
 
 
 def read_manifest_bytes(path: Path) -> bytes:
-    """The exact bytes of ``path/manifest.json``."""
+    """The exact bytes of ``path/manifest.json`` (what a signature covers)."""
     mpath = Path(path) / MANIFEST_FILE
     if not mpath.is_file():
         raise BundleError(
@@ -289,17 +293,28 @@ def load_bundle(
     path: str | Path,
     *,
     verify: bool = True,
+    trusted_keys: Sequence[str | Path] = (),
 ) -> Bundle:
     """Load the bundle at ``path`` (see the module docstring for every check).
 
     ``verify=False`` skips the sha256 of each file but still enforces confinement and
-    listing."""
+    listing; ``trusted_keys`` (ed25519 public keys, PEM) requires a valid signature."""
     path = Path(path).expanduser().resolve()
     raw = read_manifest_bytes(path)
+    signed_by = None
+    if trusted_keys:
+        from explorank.engine.signing import check_signature
+
+        signed_by = check_signature(path, raw, trusted_keys)
+        log.info("bundle %s: manifest signed by trusted key %s", path, signed_by)
     spec = parse_manifest(raw, str(path / MANIFEST_FILE))
     verify_bundle(path, spec, checksums=verify)
     if not verify:
-        log.warning("bundle %s: checksum verification is off (--no-verify)", path)
+        log.warning(
+            "bundle %s: checksum verification is off (--no-verify)%s",
+            path,
+            "; the signature covers the files only through their checksums" if signed_by else "",
+        )
     cat = spec.catalog
     items = load_catalog(confined_path(path, cat.items), cat.items)
     if len(items) != cat.count:
@@ -323,4 +338,5 @@ def load_bundle(
         index=index,
         spec=spec,
         listed=frozenset(spec.files),
+        signed_by=signed_by,
     )
