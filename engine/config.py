@@ -63,7 +63,12 @@ class ModelConfig(_Section):
     #: Bundle directory; None = the default bundle (built into cache_dir on first run).
     bundle: Path | None = None
     cache_dir: Path | None = None
+    #: Check every bundle file's sha256 at start-up; off (--no-verify) still confines every
+    #: path to the bundle and loads only files listed in the manifest.
     verify_checksums: bool = True
+    #: ed25519 public keys (PEM); when set, a bundle is served only if manifest.json.sig is a
+    #: valid signature of its manifest by one of them (see docs/operations.md).
+    trusted_keys: list[Path] = Field(default_factory=list)
 
 
 class BackendConfig(_Section):

@@ -145,7 +145,8 @@ class Engine:
     def from_config(cls, config: Config, **kwargs: Any) -> Engine:
         if config.model.bundle is None:
             raise ConfigError("model.bundle is not set (pass --bundle DIR)")
-        bundle = load_bundle(config.model.bundle, verify=config.model.verify_checksums)
+        mc = config.model
+        bundle = load_bundle(mc.bundle, verify=mc.verify_checksums, trusted_keys=mc.trusted_keys)
         return cls(config, bundle, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle

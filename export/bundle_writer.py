@@ -21,6 +21,7 @@ import numpy as np
 
 from explorank import __version__
 from explorank.engine.bundle import FORMAT_VERSION, sha256_file, verify_bundle
+from explorank.engine.signing import SIGNATURE_FILE
 from explorank.errors import InvalidArgumentError
 
 TOKENIZER_DIR = "tokenizer"
@@ -107,11 +108,13 @@ def write_tokenizer(stage: Path, model_dir: Path, tokenizer: Any) -> dict[str, A
 
 
 def file_hashes(stage: Path) -> dict[str, str]:
-    """sha256 of every file under ``stage`` except the manifest, keyed by POSIX relative path."""
+    """sha256 of every file under ``stage`` except the manifest and its signature, keyed by
+    POSIX relative path."""
     out = {}
     for path in sorted(stage.rglob("*")):
-        if path.is_file() and path.name != "manifest.json":
-            out[path.relative_to(stage).as_posix()] = sha256_file(path)
+        rel = path.relative_to(stage).as_posix()
+        if path.is_file() and rel not in ("manifest.json", SIGNATURE_FILE):
+            out[rel] = sha256_file(path)
     return out
 
 
@@ -132,5 +135,5 @@ def finish_manifest(stage: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     (stage / "manifest.json").write_text(
         json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8"
     )
-    verify_bundle(stage, manifest)
+    verify_bundle(stage)  # what the engine will read: the manifest model, confinement, hashes
     return manifest

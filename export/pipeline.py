@@ -147,6 +147,7 @@ def export_bundle(
     torch_parity_size: int = 128,
     int8_search: str = "auto",
     int8_required: bool = True,
+    sign_key: Path | None = None,
 ) -> dict[str, Any]:
     """Export a bundle to ``out`` and return its manifest (see the module docstring).
 
@@ -154,6 +155,9 @@ def export_bundle(
     With ``int8_required=False`` a bundle whose INT8 encoder misses the gate is written
     without one (fp32 only; the attempts are recorded under ``encoder.int8_skipped``);
     by default the miss fails the export.
+
+    ``sign_key`` (an ed25519 private key, PEM) signs the manifest: ``manifest.json.sig`` is
+    written next to it before the bundle is published (:mod:`explorank.engine.signing`).
 
     Raises :class:`~explorank.errors.InvalidArgumentError` for bad arguments or input files,
     :class:`~explorank.errors.ParityError` when a precision misses its gate (nothing is written
@@ -166,6 +170,11 @@ def export_bundle(
     quantize.search_list(int8_search, "avx2")  # validates the mode before any work
     tolerances = parity.resolve_tolerances(parity_overrides)
     out = bw.check_out_dir(Path(out))
+    signer = None
+    if sign_key is not None:  # a bad key fails now, not after the export
+        from explorank.engine.signing import load_private_key, sign_bundle
+
+        signer = load_private_key(sign_key)
     is_default_model = model_dir is None
     model_dir = default_model_dir() if model_dir is None else Path(model_dir).expanduser()
     catalog = default_catalog_path() if catalog is None else Path(catalog).expanduser()
@@ -330,6 +339,8 @@ def export_bundle(
                     "timings_s": {**timings, "total": round(time.perf_counter() - t_start, 2)},
                 },
             )
+            if signer is not None:
+                sign_bundle(stage, signer)
         bw.publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

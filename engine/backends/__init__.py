@@ -48,8 +48,7 @@ def _plan_precision(bundle: Bundle) -> str:
 
 
 def _plan_path(bundle: Bundle) -> Path:
-    entry = bundle.manifest["encoder"]["tensorrt"]
-    return bundle.path / (entry["path"] if isinstance(entry, dict) else entry)
+    return bundle.encoder_path("fp16")  # confined to the bundle and listed in its files
 
 
 def _tensorrt_blocker(bundle: Bundle, precision: str) -> str | None:

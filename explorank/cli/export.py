@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when no INT8 configuration passes the accuracy gate, write the bundle without "
         "INT8 (fp32 only) instead of failing",
     )
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        metavar="KEY.pem",
+        help="sign the manifest with this ed25519 private key (PEM, from `explorank keygen`): "
+        "writes manifest.json.sig, checked by `explorank serve --trusted-key`",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         int8_search=args.int8_search,
         int8_required=not args.int8_optional,
+        sign_key=args.sign_key,
     )
     summary = {
         "bundle": str(Path(args.out).expanduser().absolute()),
@@ -102,5 +111,10 @@ def run(args: argparse.Namespace) -> int:
         },
         "seconds": manifest["timings_s"]["total"],
     }
+    if args.sign_key is not None:
+        from explorank.engine.signing import SIGNATURE_FILE, key_id, load_private_key
+
+        summary["signature"] = SIGNATURE_FILE
+        summary["key_id"] = key_id(load_private_key(args.sign_key).public_key())
     print(json.dumps(summary, indent=2))
     return 0

@@ -51,7 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--redis-url", help="Redis URL for --store redis")
     p.add_argument("--grace", type=float, help="graceful shutdown period in seconds")
-    p.add_argument("--no-verify", action="store_true", help="skip bundle checksum verification")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip bundle checksum verification (paths are still confined to the bundle)",
+    )
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        metavar="PUB.pem",
+        help="serve only a bundle whose manifest is signed by this ed25519 public key "
+        "(repeatable; model.trusted_keys)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
 
 
@@ -69,6 +81,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("model", "bundle", str(args.bundle) if args.bundle else None)
     if args.no_verify:
         put("model", "verify_checksums", False)
+    if args.trusted_key:
+        put("model", "trusted_keys", [str(k) for k in args.trusted_key])
     put("backend", "backend", args.backend)
     put("backend", "provider", args.provider)
     put("backend", "precision", args.precision)
