@@ -20,11 +20,16 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
 - The backend call runs in a single-thread executor (the backend parallelises
   internally; two concurrent calls would only fight over the same cores) so the event
   loop never blocks. Each request's future gets exactly its own row.
-- Overload: at ``max_queue_size`` queued requests ``submit`` raises
-  :class:`ResourceExhaustedError` at once. A request whose ``deadline``
-  (``time.monotonic()`` based) passes while queued fails with
+- Overload: a request is admitted only if its predicted wait (the padded tokens ahead of
+  it times the measured encoder cost per token) fits ``max_queue_wait_ms`` and its own
+  deadline (:mod:`explorank.engine.admission`); otherwise, and at ``max_queue_size`` queued
+  sequences, ``submit`` raises :class:`ResourceExhaustedError` at once. A request whose
+  ``deadline`` (``time.monotonic()`` based) passes while queued fails with
   :class:`DeadlineExceededError` and is never computed; a cancelled caller's request is
   dropped too.
+- Fairness: a request with more sequences than one batch (``submit_many``) enters the queues
+  one batch at a time; the next part is queued behind whatever arrived meanwhile each time a
+  part is taken, so one large request cannot hold everyone else back for all of its batches.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from explorank.engine.admission import Admission
 from explorank.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -99,7 +105,7 @@ class BatcherStats:
 
 
 class _Request:
-    __slots__ = ("ids", "future", "enqueued", "deadline", "timer")
+    __slots__ = ("ids", "future", "enqueued", "deadline", "timer", "bucket", "owner")
 
     def __init__(self, ids: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None):
         self.ids = ids
@@ -107,6 +113,17 @@ class _Request:
         self.enqueued = time.monotonic()
         self.deadline = deadline
         self.timer: asyncio.TimerHandle | None = None
+        self.bucket = 0
+        self.owner: _Backlog | None = None
+
+
+class _Backlog:
+    """The not yet queued part of one large request (see "Fairness" above)."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self, waiting: list[_Request]) -> None:
+        self.waiting: deque[_Request] = deque(waiting)
 
 
 def _safe(fn: Callable[..., None], *args: Any) -> None:
@@ -151,6 +168,7 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 2.0,
         max_queue_size: int = 1024,
         max_request_share: float = 1.0,
+        max_queue_wait_ms: float | None = None,
         length_buckets: Sequence[int] = (16, 32, 64, 128),
         executor: concurrent.futures.Executor | None = None,
         metrics: BatcherMetrics | None = None,
@@ -166,6 +184,8 @@ class DynamicBatcher:
             raise ConfigError(f"max_queue_size must be >= 1, got {max_queue_size}")
         if not 0.0 < max_request_share <= 1.0:
             raise ConfigError(f"max_request_share must be in (0, 1], got {max_request_share}")
+        if max_queue_wait_ms is not None and not max_queue_wait_ms > 0:
+            raise ConfigError(f"max_queue_wait_ms must be > 0 or unset, got {max_queue_wait_ms}")
         if int(max_inflight_batches) < 1:
             raise ConfigError(f"max_inflight_batches must be >= 1, got {max_inflight_batches}")
         buckets = sorted({int(b) for b in length_buckets})
@@ -207,8 +227,14 @@ class DynamicBatcher:
             metrics, "observe_dropped", None
         )
         self.stats = BatcherStats()
+        self.admission = Admission(
+            None if max_queue_wait_ms is None else float(max_queue_wait_ms) / 1000.0
+        )
         self._queues: dict[int, deque[_Request]] = {}
-        self._pending = 0
+        self._backlogs: set[_Backlog] = set()
+        self._pending = 0  # sequences queued or in a backlog
+        self._pending_tokens = 0  # their padded tokens (bucket lengths)
+        self._executing_tokens = 0  # padded tokens of the batches being computed
         self._state = "new"
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -320,35 +346,68 @@ class DynamicBatcher:
                     f"encoder queue is full ({self._pending} of {self.max_queue_size} queued); retry with backoff"
                 )
         now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self.stats.dropped_deadline += n
+            self._observe_dropped("deadline", n)
+            raise DeadlineExceededError("the request's deadline passed before encoding could start")
+        buckets = [self.bucket_for(arr.shape[0]) for arr in arrays]
+        try:
+            self.admission.check(
+                ahead_tokens=self._pending_tokens + self._executing_tokens,
+                own_tokens=sum(buckets),
+                now=now,
+                deadline=deadline,
+            )
+        except ResourceExhaustedError:
+            self.stats.rejected_overflow += n
+            self._observe_dropped("overflow", n)
+            raise
         if self._last_arrival is not None:
             gap = now - self._last_arrival
             self._arrival_gap = (
                 gap if self._arrival_gap is None else 0.7 * self._arrival_gap + 0.3 * gap
             )
         self._last_arrival = now
-        if deadline is not None and deadline <= now:
-            self.stats.dropped_deadline += n
-            self._observe_dropped("deadline", n)
-            raise DeadlineExceededError("the request's deadline passed before encoding could start")
         loop = self._loop
         assert loop is not None
         reqs = []
-        wake = False
-        for arr in arrays:
+        for arr, bucket in zip(arrays, buckets, strict=True):
             req = _Request(arr, loop.create_future(), deadline)
+            req.bucket = bucket
             if deadline is not None:
                 req.timer = loop.call_later(deadline - now, self._expire, req)
-            key = self.bucket_for(arr.shape[0])
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = deque()
-            queue.append(req)
-            wake = wake or len(queue) == 1 or len(queue) >= self.max_batch_size
             reqs.append(req)
         self._pending += n
-        if wake:
+        self._pending_tokens += sum(buckets)
+        first, rest = reqs[: self.max_batch_size], reqs[self.max_batch_size :]
+        if rest:
+            owner = _Backlog(rest)
+            self._backlogs.add(owner)
+            for req in reqs:
+                req.owner = owner
+        if any([self._enqueue(req) for req in first]):
             self._notify()
         return reqs
+
+    def _enqueue(self, req: _Request) -> bool:
+        """Put ``req`` at the tail of its bucket; True when the scheduler should look."""
+        queue = self._queues.get(req.bucket)
+        if queue is None:
+            queue = self._queues[req.bucket] = deque()
+        queue.append(req)
+        return len(queue) == 1 or len(queue) >= self.max_batch_size
+
+    def _release(self, owner: _Backlog, count: int, now: float) -> None:
+        """Queue the next ``count`` sequences of a large request, behind current arrivals."""
+        wake = False
+        for _ in range(min(count, len(owner.waiting))):
+            req = owner.waiting.popleft()
+            req.enqueued = now
+            wake = self._enqueue(req) or wake
+        if not owner.waiting:
+            self._backlogs.discard(owner)
+        if wake:
+            self._notify()
 
     def _expire(self, req: _Request) -> None:
         if not req.future.done():
@@ -443,10 +502,14 @@ class DynamicBatcher:
     def _take(self, key: int, now: float) -> list[_Request]:
         queue = self._queues[key]
         out: list[_Request] = []
+        released: dict[_Backlog, int] = {}
         observe_wait = self._metrics.observe_queue_wait if self._metrics is not None else None
         while queue and len(out) < self.max_batch_size:
             req = queue.popleft()
             self._pending -= 1
+            self._pending_tokens -= req.bucket
+            if req.owner is not None:
+                released[req.owner] = released.get(req.owner, 0) + 1
             if req.future.done():
                 self._count_drop(req)
                 continue
@@ -459,11 +522,17 @@ class DynamicBatcher:
                 _safe(observe_wait, now - req.enqueued)
         if not queue:
             del self._queues[key]
+        for owner, count in released.items():
+            self._release(owner, count, now)
         return out
 
     def _drop(self, req: _Request) -> None:
+        """A dead request left the queue: count it, and let its request's backlog move up."""
         self._pending -= 1
+        self._pending_tokens -= req.bucket
         self._count_drop(req)
+        if req.owner is not None and req.owner in self._backlogs:
+            self._release(req.owner, 1, time.monotonic())
 
     def _count_drop(self, req: _Request) -> None:
         reason = "cancelled" if req.future.cancelled() else "deadline"
@@ -486,16 +555,26 @@ class DynamicBatcher:
                 self._queues[key] = live
             else:
                 del self._queues[key]
+        for owner in list(self._backlogs):
+            dead = [r for r in owner.waiting if r.future.done()]
+            for r in dead:
+                owner.waiting.remove(r)
+            if not owner.waiting:
+                self._backlogs.discard(owner)
+            for r in dead:
+                self._drop(r)
 
     def _fail_queued(self, exc: BaseException) -> None:
-        for queue in self._queues.values():
-            for req in queue:
-                if req.timer is not None:
-                    req.timer.cancel()
-                if not req.future.done():
-                    req.future.set_exception(exc)
+        waiting = [r for owner in self._backlogs for r in owner.waiting]
+        for req in [r for q in self._queues.values() for r in q] + waiting:
+            if req.timer is not None:
+                req.timer.cancel()
+            if not req.future.done():
+                req.future.set_exception(exc)
         self._queues.clear()
+        self._backlogs.clear()
         self._pending = 0
+        self._pending_tokens = 0
 
     def _scheduler_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -511,10 +590,11 @@ class DynamicBatcher:
     # ------------------------------------------------------------------ execution
     async def _execute(self, length: int, reqs: list[_Request]) -> None:
         assert self._loop is not None and self._slots is not None
+        n = len(reqs)
+        longest = max(req.ids.shape[0] for req in reqs)
+        length = min(length, -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE)
+        self._executing_tokens += n * length
         try:
-            n = len(reqs)
-            longest = max(req.ids.shape[0] for req in reqs)
-            length = min(length, -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE)
             ids = np.full((n, length), self.pad_id, dtype=np.int64)
             mask = np.zeros((n, length), dtype=np.int64)
             real = 0
@@ -539,6 +619,7 @@ class DynamicBatcher:
                         req.future.set_exception(exc)
                 return
             compute_s = time.perf_counter() - t0
+            self.admission.service.observe(compute_s, n * length)
             for row, req in enumerate(reqs):
                 if req.timer is not None:
                     req.timer.cancel()
@@ -554,6 +635,7 @@ class DynamicBatcher:
             if self._metrics is not None:
                 _safe(self._metrics.observe_batch, n, real, n * length, compute_s)
         finally:
+            self._executing_tokens -= n * length
             self._executing -= 1
             self._slots.release()
 
@@ -577,7 +659,10 @@ class DynamicBatcher:
         for i, (b, length) in enumerate(shapes, 1):
             ids = np.full((b, length), self.pad_id, dtype=np.int64)
             mask = np.ones((b, length), dtype=np.int64)
+            t_shape = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
+            if b == self.max_batch_size:  # the batches an overloaded server computes
+                self.admission.service.observe(time.perf_counter() - t_shape, b * length)
             if np.asarray(out).shape[0] != b:
                 raise RuntimeError(
                     f"encode_fn returned {np.asarray(out).shape} for a warm-up batch of {b}"

@@ -92,6 +92,10 @@ class BatchingConfig(_Section):
     max_queue_size: int = Field(1024, ge=1)
     #: The largest share of the queue one request may take (others keep being served).
     max_request_share: float = Field(0.25, gt=0, le=1)
+    #: Admission by time: a request whose predicted wait for the encoder (queued tokens x
+    #: measured cost per token) exceeds this, or that would miss its own deadline, is refused
+    #: at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
+    max_queue_wait_ms: float | None = Field(250.0, gt=0)
     #: Requests are batched only with others of the same bucket, and a batch is padded to
     #: its longest sequence (rounded up to 8), so finer buckets waste less padding.
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 80, 96, 112, 128])

@@ -5,14 +5,21 @@ It builds the plugins at start-up (a plugin that cannot be built for this bundle
 out and reported in :attr:`Decider.unavailable`, unless it is a configured default), holds
 the :class:`~explorank.engine.decision.StatsBook` of every learner, loads and refreshes it
 from the state store, and names the plugin and its package when a plugin misbehaves.
+
+All plugin calls and every change to the statistics run on the decider's own thread, one at
+a time (:meth:`Decider.run`): the event loop never does the scoring and ranking work, and
+plugins are never called concurrently, so they need not be thread-safe.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
     from explorank.plugins.manager import PluginManager
 
 __all__ = ["Decider"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("explorank.engine")
 
@@ -58,6 +67,17 @@ class Decider:
         #: (kind, name, why) of every plugin that could not be built (reported by GetInfo)
         self.unavailable: list[tuple[str, str, str]] = []
         self.stats = core.StatsBook()
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="explorank-decide"
+        )
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the decider's thread (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
     # ------------------------------------------------------------------ building
     def build(self) -> None:

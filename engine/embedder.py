@@ -3,11 +3,14 @@
 It owns the tokenizer, the dynamic batcher in front of the encoder backend, and the two
 embedding caches (user contexts with a TTL; candidate texts that are not in the catalog).
 Catalog candidates come from the bundle's precomputed matrix and cost no encoder call.
+Tokenization runs on a worker thread, never on the event loop: a request with hundreds of
+new texts must not stall every other call the loop is serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +67,9 @@ class Embedder:
         )
         self.item_cache: LRUCache[np.ndarray] = LRUCache(cache.item_max_entries)
         self.batcher: Any = None
+        self._tokenize_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="explorank-tokenize"
+        )
         items = bundle.item_embeddings
         centroid = items.mean(axis=0) if len(bundle.items) else np.zeros(bundle.embedding_dim)
         norm = float(np.linalg.norm(centroid))
@@ -83,6 +89,7 @@ class Embedder:
             max_queue_delay_ms=bc.max_queue_delay_ms,
             max_queue_size=bc.max_queue_size,
             max_request_share=bc.max_request_share,
+            max_queue_wait_ms=bc.max_queue_wait_ms,
             length_buckets=tuple(b for b in bc.length_buckets if b <= max_len) or (max_len,),
             metrics=self.metrics,
             pad_id=self.tokenizer.pad_id,
@@ -97,6 +104,17 @@ class Embedder:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop(drain=True)
+        self._tokenize_pool.shutdown(wait=False)
+
+    async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of ``texts``, computed on the tokenizer thread."""
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        ids: list[np.ndarray] = await loop.run_in_executor(
+            self._tokenize_pool, self.tokenizer.encode_batch, list(texts)
+        )
+        self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
+        return ids
 
     # ---------------------------------------------------------------------- texts
     def context_text(self, req: RankInput) -> str:
@@ -125,9 +143,7 @@ class Embedder:
     # ----------------------------------------------------------------- embeddings
     async def encode_texts(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         """Encode texts through the dynamic batcher (no caching)."""
-        t0 = time.perf_counter()
-        ids = self.tokenizer.encode_batch(list(texts))
-        self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
+        ids = await self.tokenize(texts)
         return await self.batcher.submit_many(ids, deadline=deadline)  # type: ignore[no-any-return]
 
     async def user_embedding(self, text: str, deadline: float | None) -> np.ndarray:
@@ -141,9 +157,7 @@ class Embedder:
             self.metrics.cache.labels("user", "hit").inc()
             return hit
         self.metrics.cache.labels("user", "miss").inc()
-        t0 = time.perf_counter()
-        ids = self.tokenizer.encode_batch([text])[0]
-        self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
+        (ids,) = await self.tokenize([text])
         emb: np.ndarray = await self.batcher.submit(ids, deadline=deadline)
         self.user_cache.put(key, emb)
         return emb

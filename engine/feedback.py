@@ -87,12 +87,13 @@ class Feedback:
         return RewardOutput(accepted=accepted, duplicate=not accepted)
 
     async def _record(self, event: EventRecord, item_id: str, value: float) -> bool:
-        """Make one reward durable with every learner's delta, then apply the deltas."""
-        deltas = self.decider.deltas_for(event, item_id, value)
+        """Make one reward durable with every learner's delta, then apply the deltas (both
+        plugin work and statistics changes on the decider's thread)."""
+        deltas = await self.decider.run(self.decider.deltas_for, event, item_id, value)
         record = RewardRecord(event.event_id, item_id, value, time.time())
         accepted = await self.store.record_reward(record, deltas)
         if accepted:
-            self.decider.apply(deltas)
+            await self.decider.run(self.decider.apply, deltas)
         return accepted
 
     async def recover(self) -> int:

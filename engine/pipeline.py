@@ -46,10 +46,6 @@ from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
 
-#: Candidate counts above this are decided off the event loop.
-_OFFLOAD_DECISION_ABOVE = 2048
-
-
 def head_providers(backend: Any) -> tuple[str, ...]:
     """ONNX Runtime providers for scoring heads: the encoder's device, as ORT names.
 
@@ -193,6 +189,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.embedder.stop()
+        self.decider.close()
         await self.store.close()
         close = getattr(self.backend, "close", None)
         if close:
@@ -294,10 +291,7 @@ class Engine:
                 event_id=req.event_id,
             )
 
-        if len(cands.ids) > _OFFLOAD_DECISION_ABOVE:
-            decision = await asyncio.to_thread(decide)
-        else:
-            decision = decide()
+        decision = await self.decider.run(decide)  # on the decider's thread, not the loop
         t0 = time.perf_counter()
         event = to_event(
             decision,

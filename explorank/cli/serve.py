@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch waits to fill")
     p.add_argument("--max-queue-size", type=int, help="pending requests before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        help="refuse a request predicted to wait longer for the encoder (default 250)",
+    )
     p.add_argument("--scorer", help="default scorer (default mf)")
     p.add_argument("--policy", help="default policy (default epsilon_greedy)")
     p.add_argument("--store", help="state store plugin (default sqlite)")
@@ -89,6 +94,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("backend", "intra_op_threads", args.threads)
     put("batching", "max_batch_size", args.max_batch_size)
     put("batching", "max_queue_delay_ms", args.max_queue_delay_ms)
+    put("batching", "max_queue_wait_ms", args.max_queue_wait_ms)
     put("batching", "max_queue_size", args.max_queue_size)
     put("ranking", "default_scorer", args.scorer)
     put("ranking", "default_policy", args.policy)

@@ -1,0 +1,133 @@
+"""Admission by time and fairness in the dynamic batcher (deterministic: the fake encoder's
+batches are gated or timed, and the assertions are about order and decisions, not speed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from test_batcher import FakeEncoder, run, wait_until
+
+from explorank.engine.admission import Admission, ServiceTime
+from explorank.engine.batcher import DynamicBatcher
+from explorank.errors import ResourceExhaustedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_service_time_and_prediction() -> None:
+    st = ServiceTime(alpha=0.5)
+    assert st.predict(1000) == 0.0  # nothing measured yet
+    st.observe(0.1, 1000)
+    assert st.predict(500) == pytest.approx(0.05)
+    st.observe(0.3, 1000)  # EWMA: 0.5 * 1e-4 + 0.5 * 3e-4
+    assert st.per_token == pytest.approx(2e-4)
+    st.observe(0.0, 10)  # ignored
+    assert st.per_token == pytest.approx(2e-4)
+
+
+def test_admission_rule() -> None:
+    adm = Admission(max_wait_s=0.25)
+    now = 100.0
+    adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)  # no measurement
+    adm.service.observe(0.032, 1000)  # 32 us per token
+    assert adm.check(ahead_tokens=0, own_tokens=64, now=now, deadline=now + 0.001) == 0.0
+    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None) == pytest.approx(
+        0.16
+    )
+    with pytest.raises(ResourceExhaustedError, match="batching.max_queue_wait_ms"):
+        adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)  # 320 ms > 250
+    with pytest.raises(ResourceExhaustedError, match="after its deadline"):
+        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.1)
+    assert adm.rejected == 2
+
+
+def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc,
+            max_batch_size=4,
+            max_queue_delay_ms=0,
+            max_queue_size=10_000,
+            max_queue_wait_ms=50,
+            length_buckets=(16,),
+        )
+        await b.start()
+        b.admission.service.observe(0.016, 64)  # 4 sequences x 16 tokens take 16 ms
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        # each sequence is 16 padded tokens = 4 ms of predicted work: about a dozen fit
+        # under 50 ms (counting the batch being computed), the rest are refused at once
+        t0 = time.monotonic()
+        tasks = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(40)]
+        await asyncio.sleep(0.05)
+        refused = [
+            t for t in tasks if t.done() and isinstance(t.exception(), ResourceExhaustedError)
+        ]
+        assert time.monotonic() - t0 < 0.5  # refused on the spot, not after waiting
+        assert all("max_queue_wait_ms" in str(t.exception()) for t in refused)
+        admitted = [t for t in tasks if t not in refused]
+        assert 8 <= len(admitted) <= 13, len(admitted)
+        assert b.stats.rejected_overflow == len(refused)
+        enc.gate.set()
+        await asyncio.gather(busy, *admitted)
+        assert b.pending == 0 and b._pending_tokens == 0 and b._executing_tokens == 0
+        await b.submit(np.arange(1, 9))  # idle again: admitted
+        await b.stop()
+
+    run(main)
+
+
+def test_large_request_does_not_hold_back_later_small_ones() -> None:
+    """A request of 8 batches enters the queue one batch at a time: a small request that
+    arrives after it is computed after at most two of its batches, not after all eight."""
+    enc = FakeEncoder(sleep_s=0.01)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc, max_batch_size=4, max_queue_delay_ms=0, max_queue_size=1000, length_buckets=(16,)
+        )
+        await b.start()
+        big = asyncio.ensure_future(
+            b.submit_many([np.array([7, i + 1]) for i in range(32)])  # marker token 7
+        )
+        await asyncio.sleep(0.002)
+        small = await b.submit(np.array([9, 9, 9]))  # marker token 9
+        assert small[0] == 3  # its own row (length 3)
+        rows = await big
+        assert [r[0] for r in rows] == [2] * 32  # every row of the big request, in order
+        await b.stop()
+
+    run(main)
+    batches = [[row[0] for row, m in zip(ids, mask, strict=True)] for ids, mask in enc.calls]
+    small_batch = next(i for i, batch in enumerate(batches) if 9 in batch)
+    assert small_batch <= 2, batches
+    assert sum(batch.count(7) for batch in batches) == 32
+    assert all(len(batch) <= 4 for batch in batches)
+
+
+def test_cancelled_large_request_leaves_no_backlog() -> None:
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc, max_batch_size=2, max_queue_delay_ms=0, max_queue_size=100, length_buckets=(16,)
+        )
+        await b.start()
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 4)))
+        await wait_until(enc.entered.is_set)
+        big = asyncio.ensure_future(b.submit_many([np.arange(1, 4)] * 10))
+        await asyncio.sleep(0.01)
+        assert b.pending == 10 and len(b._backlogs) == 1
+        big.cancel()
+        enc.gate.set()
+        await busy
+        await wait_until(lambda: b.pending == 0)
+        assert not b._backlogs and b._pending_tokens == 0
+        await b.stop()
+
+    run(main)
