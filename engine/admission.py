@@ -3,15 +3,16 @@
 A queue bounded by *count* admits requests that then wait for seconds under overload (seen:
 16-19 s at 3x capacity with a 1,024-deep queue, so every client with a 1 s deadline timed out
 and goodput collapsed). Here the batcher predicts how long a new request would wait — the
-padded tokens queued ahead of it (and in the batch being computed) times the measured encoder
-cost per padded token — and refuses it at once with RESOURCE_EXHAUSTED when that wait exceeds
-``batching.max_queue_wait_ms``, or when the request would miss its own deadline anyway. Clients
-then retry elsewhere or later instead of waiting for a timeout; admitted requests keep a
-bounded latency.
+batches needed for the sequences queued ahead of it (and the batch being computed), each
+costing a fixed overhead plus a cost per padded token — and refuses it at once with
+RESOURCE_EXHAUSTED when that wait exceeds ``batching.max_queue_wait_ms``, or when the request
+would miss its own deadline anyway. Clients then retry elsewhere or later instead of waiting
+for a timeout; admitted requests keep a bounded latency.
 
-The cost per token is an exponentially weighted mean over recent batches, seeded by the
-warm-up (which runs every bucket x batch size), so the first requests after start-up are
-judged by measured numbers too. Until anything is measured, everything is admitted.
+The batch cost model ``seconds = overhead + per_token x padded_tokens`` is an exponentially
+weighted least-squares fit over recent batches, seeded by the warm-up (which runs every
+bucket x batch size, so the fit spans small and large batches from the start). Until
+anything is measured, everything is admitted.
 """
 
 from __future__ import annotations
@@ -22,22 +23,42 @@ __all__ = ["Admission", "ServiceTime"]
 
 
 class ServiceTime:
-    """Encoder seconds per padded token (EWMA over batches)."""
+    """Encoder batch cost ``overhead + per_token x padded_tokens``, fitted by exponentially
+    weighted least squares over observed batches (``alpha`` = weight of the newest)."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.05) -> None:
         self.alpha = float(alpha)
+        self._n = 0
+        self._sx = self._sy = self._sxx = self._sxy = self._w = 0.0
+        self.overhead = 0.0
         self.per_token: float | None = None
 
     def observe(self, seconds: float, padded_tokens: int) -> None:
         if padded_tokens <= 0 or seconds <= 0:
             return
-        sample = seconds / padded_tokens
-        cur = self.per_token
-        self.per_token = sample if cur is None else (1 - self.alpha) * cur + self.alpha * sample
+        keep = 1.0 - self.alpha if self._n else 0.0
+        x, y = float(padded_tokens), float(seconds)
+        self._w = keep * self._w + 1.0
+        self._sx = keep * self._sx + x
+        self._sy = keep * self._sy + y
+        self._sxx = keep * self._sxx + x * x
+        self._sxy = keep * self._sxy + x * y
+        self._n += 1
+        mx, my = self._sx / self._w, self._sy / self._w
+        var = self._sxx / self._w - mx * mx
+        slope = (self._sxy / self._w - mx * my) / var if var > 1e-9 * max(mx * mx, 1.0) else 0.0
+        if slope <= 0.0:  # one size seen, or noise: everything proportional to tokens
+            self.overhead, self.per_token = 0.0, my / mx
+        else:
+            self.per_token = slope
+            self.overhead = max(0.0, my - slope * mx)
 
-    def predict(self, tokens: int) -> float:
-        """Seconds to encode ``tokens`` padded tokens (0 before any measurement)."""
-        return 0.0 if self.per_token is None else tokens * self.per_token
+    def predict(self, tokens: int, batches: int = 1) -> float:
+        """Seconds to encode ``tokens`` padded tokens in ``batches`` batches (0 before any
+        measurement)."""
+        if self.per_token is None or tokens <= 0:
+            return 0.0
+        return batches * self.overhead + tokens * self.per_token
 
 
 class Admission:
@@ -56,10 +77,13 @@ class Admission:
         own_tokens: int,
         now: float,
         deadline: float | None,
+        ahead_batches: int = 1,
+        own_batches: int = 1,
     ) -> float:
-        """The predicted wait (s) of a request with ``own_tokens`` behind ``ahead_tokens``;
-        raises :class:`ResourceExhaustedError` when it must not be admitted."""
-        wait = self.service.predict(ahead_tokens)
+        """The predicted wait (s) of a request with ``own_tokens`` behind ``ahead_tokens``
+        (``ahead_batches`` batches' worth); raises :class:`ResourceExhaustedError` when it
+        must not be admitted."""
+        wait = self.service.predict(ahead_tokens, ahead_batches)
         if ahead_tokens == 0 or self.service.per_token is None:
             return wait
         if self.max_wait_s is not None and wait > self.max_wait_s:
@@ -70,7 +94,7 @@ class Admission:
                 "retry with backoff or on another replica"
             )
         if deadline is not None:
-            finish = now + wait + self.service.predict(own_tokens)
+            finish = now + wait + self.service.predict(own_tokens, own_batches)
             if finish > deadline:
                 self.rejected += 1
                 raise ResourceExhaustedError(

@@ -354,7 +354,9 @@ class DynamicBatcher:
         try:
             self.admission.check(
                 ahead_tokens=self._pending_tokens + self._executing_tokens,
+                ahead_batches=self._executing + -(-self._pending // self.max_batch_size),
                 own_tokens=sum(buckets),
+                own_batches=-(-n // self.max_batch_size),
                 now=now,
                 deadline=deadline,
             )
@@ -661,8 +663,7 @@ class DynamicBatcher:
             mask = np.ones((b, length), dtype=np.int64)
             t_shape = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
-            if b == self.max_batch_size:  # the batches an overloaded server computes
-                self.admission.service.observe(time.perf_counter() - t_shape, b * length)
+            self.admission.service.observe(time.perf_counter() - t_shape, b * length)
             if np.asarray(out).shape[0] != b:
                 raise RuntimeError(
                     f"encode_fn returned {np.asarray(out).shape} for a warm-up batch of {b}"

@@ -46,6 +46,7 @@ from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
 
+
 def head_providers(backend: Any) -> tuple[str, ...]:
     """ONNX Runtime providers for scoring heads: the encoder's device, as ORT names.
 

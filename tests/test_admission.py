@@ -17,22 +17,28 @@ from explorank.errors import ResourceExhaustedError
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_service_time_and_prediction() -> None:
-    st = ServiceTime(alpha=0.5)
+def test_service_time_fits_overhead_and_cost_per_token() -> None:
+    st = ServiceTime(alpha=0.05)
     assert st.predict(1000) == 0.0  # nothing measured yet
-    st.observe(0.1, 1000)
-    assert st.predict(500) == pytest.approx(0.05)
-    st.observe(0.3, 1000)  # EWMA: 0.5 * 1e-4 + 0.5 * 3e-4
-    assert st.per_token == pytest.approx(2e-4)
-    st.observe(0.0, 10)  # ignored
-    assert st.per_token == pytest.approx(2e-4)
+    st.observe(0.1, 1000)  # one size only: proportional
+    assert st.predict(500) == pytest.approx(0.05) and st.overhead == 0.0
+    for tokens in (16, 64, 256, 1024, 2048, 16, 512):  # exactly 2 ms + 10 us per token
+        st.observe(0.002 + 1e-5 * tokens, tokens)
+    st2 = ServiceTime(alpha=0.05)
+    for tokens in (16, 64, 256, 1024, 2048):
+        st2.observe(0.002 + 1e-5 * tokens, tokens)
+    assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
+    assert st2.overhead == pytest.approx(0.002, rel=1e-6)
+    assert st2.predict(3000, batches=3) == pytest.approx(3 * 0.002 + 0.03)
+    st2.observe(0.0, 10)  # ignored
+    assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
 
 
 def test_admission_rule() -> None:
     adm = Admission(max_wait_s=0.25)
     now = 100.0
     adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)  # no measurement
-    adm.service.observe(0.032, 1000)  # 32 us per token
+    adm.service.observe(0.032, 1000)  # 32 us per token (one size seen: no overhead)
     assert adm.check(ahead_tokens=0, own_tokens=64, now=now, deadline=now + 0.001) == 0.0
     assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None) == pytest.approx(
         0.16
