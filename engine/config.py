@@ -45,11 +45,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TlsConfig(_Section):
+    """``[server.tls]``: TLS, and mutual TLS, on the gRPC port (PEM files)."""
+
+    #: Certificate chain of the server (PEM); with ``key`` set the gRPC port serves TLS only.
+    cert: Path | None = None
+    #: Private key of ``cert`` (PEM, unencrypted; keep it readable by the server only).
+    key: Path | None = None
+    #: CA bundle (PEM) client certificates must chain to: mutual TLS.
+    client_ca: Path | None = None
+    #: With ``client_ca``: refuse clients without a certificate (false: verify a client
+    #: certificate only when one is presented).
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _together(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "server.tls.cert and server.tls.key (--tls-cert, --tls-key) go together: "
+                "set both to serve TLS, or neither"
+            )
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError(
+                "server.tls.client_ca (--tls-client-ca) needs server.tls.cert and server.tls.key: "
+                "mutual TLS is TLS with client certificates"
+            )
+        return self
+
+
+class AuthConfig(_Section):
+    """``[server.auth]``: bearer tokens (see :mod:`explorank.engine.auth`)."""
+
+    #: TOML or JSON file mapping each bearer token to its scopes (rank, reward, admin).
+    #: When it is set, or $EXPLORANK_TOKENS is, every call but health and reflection needs
+    #: a token. Tokens are never read from the command line or this file's own settings.
+    tokens_file: Path | None = None
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     #: Prometheus metrics HTTP port; 0 disables the endpoint.
     metrics_port: int = Field(9464, ge=0, le=65535)
+    #: The metrics endpoint has no authentication: keep it on loopback unless a firewall or a
+    #: scraper-only network protects it.
     metrics_host: str = "127.0.0.1"
     #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     grace_s: float = Field(10.0, ge=0)
@@ -57,6 +96,8 @@ class ServerConfig(_Section):
     max_message_mb: int = Field(16, ge=1, le=1024)
     #: Deadline applied to calls that carry none (seconds).
     default_deadline_s: float = Field(30.0, gt=0)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
 
 class ModelConfig(_Section):

@@ -1,5 +1,6 @@
 """The gRPC server: a thin servicer over :class:`~explorank.engine.pipeline.Engine`, the
-standard health service, server reflection, Prometheus metrics and graceful shutdown."""
+standard health service, server reflection, Prometheus metrics and graceful shutdown; TLS and
+bearer tokens come from :mod:`~explorank.engine.security` and :mod:`~explorank.engine.auth`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from explorank.engine.grpc_errors import OncePerKey, to_client
 from explorank.engine.pipeline import Engine
 from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
+from explorank.engine.security import ServerSecurity
 from explorank.errors import ConfigError, InvalidArgumentError, redact
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -195,11 +197,14 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
 class Server:
     """Owns the grpc.aio server, the health servicer and the engine's lifecycle."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, security: ServerSecurity | None = None) -> None:
         self.engine = engine
         sc = engine.config.server
+        # TLS credentials and bearer tokens ([server.tls], [server.auth]); ConfigError if bad
+        self.security = security or ServerSecurity.from_config(sc)
         max_bytes = sc.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.aio.server(
+            interceptors=self.security.interceptors(engine.metrics.requests),
             maximum_concurrent_rpcs=sc.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
@@ -232,7 +237,11 @@ class Server:
         self.port = self._add_port(sc.host, sc.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.start()
-        log.info("gRPC listening on %s:%d (warming up)", sc.host, self.port)
+        log.info(
+            "gRPC listening on %s:%d (%s; warming up)", sc.host, self.port, self.security.describe()
+        )
+        for warning in self.security.warnings(sc):
+            log.warning(warning)
         if sc.metrics_port:
             try:
                 self._metrics_server = self.engine.metrics.serve_http(
@@ -262,8 +271,12 @@ class Server:
 
     def _add_port(self, host: str, port: int) -> int:
         """Bind the gRPC port; a failure is a :class:`ConfigError` naming the setting."""
+        credentials = self.security.credentials
         try:
-            bound = self.grpc_server.add_insecure_port(f"{host}:{port}")
+            if credentials is not None:
+                bound = self.grpc_server.add_secure_port(f"{host}:{port}", credentials)
+            else:
+                bound = self.grpc_server.add_insecure_port(f"{host}:{port}")
         except RuntimeError:  # grpcio >= 1.50 raises where it used to return 0
             bound = 0
         if bound == 0:

@@ -46,6 +46,14 @@ class UnavailableError(ExplorankError):
     """Not ready, shutting down, or a dependency (e.g. Redis) is unreachable."""
 
 
+class UnauthenticatedError(ExplorankError):
+    """The server wants a valid bearer token (``--token-file`` / ``$EXPLORANK_TOKEN``)."""
+
+
+class PermissionDeniedError(ExplorankError):
+    """The token is valid but lacks the scope the call needs."""
+
+
 class ConfigError(ExplorankError, ValueError):
     """Configuration is invalid; the message says which setting and how to fix it."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from explorank.cli.connect import connect
 from explorank.cli.rank import add_common
 
 
@@ -13,9 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorank.engine.client import RankerClient
-
-    with RankerClient(args.address, timeout=args.timeout) as client:
+    with connect(args) as client:
         info = client.info()
     if args.json:
         print(json.dumps(info, indent=2))

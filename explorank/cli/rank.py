@@ -8,15 +8,15 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from explorank.cli.connect import add_connection_arguments, connect
+
 if TYPE_CHECKING:
     from explorank.engine.client import RankResult
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--address", default="localhost:50051", help="server HOST:PORT (default localhost:50051)"
-    )
-    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    """The client commands' flags: address, deadline, TLS, token (:mod:`.connect`), --json."""
+    add_connection_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -67,9 +67,7 @@ def format_result(res: RankResult, text_width: int = TEXT_WIDTH) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorank.engine.client import RankerClient
-
-    with RankerClient(args.address, timeout=args.timeout) as client:
+    with connect(args) as client:
         res = client.rank(
             user_id=args.user,
             context_text=args.context,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from explorank.cli.connect import connect
 from explorank.cli.rank import add_common
 
 
@@ -16,9 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorank.engine.client import RankerClient
-
-    with RankerClient(args.address, timeout=args.timeout) as client:
+    with connect(args) as client:
         res = client.reward(args.event_id, args.item, args.value)
     if args.json:
         print(json.dumps({"accepted": res.accepted, "duplicate": res.duplicate}))

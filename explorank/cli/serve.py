@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from explorank.cli.connect import RefuseSecretFlag
 from explorank.errors import ConfigError
 
 log = logging.getLogger("explorank.serve")
@@ -70,6 +71,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable; model.trusted_keys)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
+    g = p.add_argument_group("TLS and authentication (docs/operations.md, Security)")
+    g.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: serve TLS")
+    g.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA that client certificates must chain to: mutual TLS",
+    )
+    g.add_argument(
+        "--tokens-file",
+        type=Path,
+        help="TOML/JSON file of bearer tokens and their scopes (or set $EXPLORANK_TOKENS)",
+    )
+    g.add_argument("--token", "--tokens", action=RefuseSecretFlag)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,6 +98,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("server", "port", args.port)
     put("server", "metrics_port", args.metrics_port)
     put("server", "grace_s", args.grace)
+    for key, value in (
+        ("cert", args.tls_cert),
+        ("key", args.tls_key),
+        ("client_ca", args.tls_client_ca),
+    ):
+        if value is not None:
+            o.setdefault("server", {}).setdefault("tls", {})[key] = str(value)
+    if args.tokens_file is not None:
+        o.setdefault("server", {}).setdefault("auth", {})["tokens_file"] = str(args.tokens_file)
     put("model", "bundle", str(args.bundle) if args.bundle else None)
     if args.no_verify:
         put("model", "verify_checksums", False)
@@ -138,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
     from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, check_port
+    from explorank.engine.security import ServerSecurity
     from explorank.engine.server import Server
 
     config = load_config(args.config, overrides=overrides_from_args(args))
@@ -150,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     check_port(sc.host, sc.port, GRPC_PORT_SETTING)
     if sc.metrics_port:
         check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
+    # Certificates, keys and tokens are checked before the bundle too.
+    security = ServerSecurity.from_config(sc)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
     config.state.options = config.state.store_options()
@@ -161,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.from_config(config)
 
     async def main() -> None:
-        server = Server(engine)
+        server = Server(engine, security)
         server.install_signal_handlers()
         try:
             port = await server.start()
