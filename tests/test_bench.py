@@ -627,9 +627,15 @@ def test_serve_bench_end_to_end_quick(
         mine = [r for r in rows if r["target"] == t]
         assert [r["mode"] for r in mine] == ["closed", "closed", "open", "open"]
         assert [r["concurrency"] for r in mine[:2]] == [1, 4]
+        # an open-loop point may exceed what a loaded machine serves: admission refuses
+        # the excess at once (RESOURCE_EXHAUSTED); any other error is a failure
         assert all(
-            set(r) >= SERVE_ROW_KEYS and r["errors"] == 0 and r["completed"] > 0 for r in mine
+            set(r) >= SERVE_ROW_KEYS
+            and set(r["error_codes"]) <= {"RESOURCE_EXHAUSTED"}
+            and r["completed"] > 0
+            for r in mine
         )
+        assert all(r["errors"] == 0 for r in mine if r["mode"] == "closed")
     assert all(r["followups"] > 0 and r["followup_errors"] == {} for r in rows)  # Rewards accepted
     ex = [r for r in rows if r["target"].startswith("explorank")]
     assert all(r["avg_batch_size"] >= 1.0 and 0 < r["padding_efficiency"] <= 1.0 for r in ex)
