@@ -97,6 +97,9 @@ class BatcherStats:
     dropped_deadline: int = 0
     dropped_cancelled: int = 0
     rejected_overflow: int = 0
+    failed_batches: int = 0
+    #: batches failed in a row (0 after any success): health turns NOT_SERVING at 3
+    consecutive_failures: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -277,6 +280,11 @@ class DynamicBatcher:
         if self._own_executor:
             self._executor.shutdown(wait=False)
         self._state = "stopped"
+
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``stopping``, ``stopped`` or ``failed``."""
+        return self._state
 
     @property
     def pending(self) -> int:
@@ -613,13 +621,17 @@ class DynamicBatcher:
                     raise RuntimeError(
                         f"encode_fn returned shape {out.shape} for a batch of {n}; expected one row per input"
                     )
-            except Exception as exc:
+            except Exception as exc:  # fails this batch's requests only
+                self.stats.failed_batches += 1
+                self.stats.consecutive_failures += 1
+                log.warning("an encoder batch of %d failed: %r", n, exc)
                 for req in reqs:
                     if req.timer is not None:
                         req.timer.cancel()
                     if not req.future.done():
                         req.future.set_exception(exc)
                 return
+            self.stats.consecutive_failures = 0
             compute_s = time.perf_counter() - t0
             self.admission.service.observe(compute_s, n * length)
             for row, req in enumerate(reqs):

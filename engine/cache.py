@@ -44,8 +44,11 @@ def content_key(*parts: str) -> str:
 class LRUCache(Generic[V]):
     """Bounded LRU mapping with optional per-entry TTL (seconds since ``put``).
 
-    ``maxsize=0`` disables caching (every ``get`` misses, ``put`` stores nothing), which
-    lets a config switch a cache off without special cases at call sites.
+    Bounded by entries (``maxsize``) and, with ``max_bytes`` and a ``sizeof`` function, by
+    the bytes its values hold: entries of very different sizes (a user vector of 1.5 KB, a
+    logged whole-catalog event of tens of KB) cannot take memory the count bound allows for.
+    ``maxsize=0`` disables caching (every ``get`` misses, ``put`` stores nothing), which lets
+    a config switch a cache off without special cases at call sites.
     """
 
     def __init__(
@@ -53,15 +56,24 @@ class LRUCache(Generic[V]):
         maxsize: int,
         ttl_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int | None = None,
+        sizeof: Callable[[V], int] | None = None,
     ) -> None:
         if int(maxsize) < 0:
             raise ConfigError(f"cache maxsize must be >= 0 (0 disables the cache), got {maxsize}")
+        if max_bytes is not None and (int(max_bytes) < 0 or sizeof is None):
+            raise ConfigError("cache max_bytes must be >= 0 and needs a sizeof function")
         if ttl_s is not None and not ttl_s > 0:
             raise ConfigError(f"cache ttl_s must be > 0 seconds or unset, got {ttl_s}")
         self.maxsize = int(maxsize)
+        self.max_bytes = int(max_bytes) if max_bytes is not None else None
+        self._sizeof = sizeof
+        self.bytes = 0
         self.ttl_s = float(ttl_s) if ttl_s is not None else None
         self._clock = clock
         self._data: OrderedDict[Hashable, tuple[V, float]] = OrderedDict()
+        self._sizes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -76,7 +88,7 @@ class LRUCache(Generic[V]):
                 self._data.move_to_end(key)
                 self.hits += 1
                 return value
-            del self._data[key]
+            self._remove(key)
         self.misses += 1
         return _MISSING
 
@@ -92,15 +104,29 @@ class LRUCache(Generic[V]):
             found = [self._lookup(k, now) for k in keys]
         return [None if v is _MISSING else v for v in found]  # type: ignore[misc]
 
+    def _remove(self, key: Hashable) -> None:
+        """Caller holds the lock."""
+        del self._data[key]
+        self.bytes -= self._sizes.pop(key, 0)
+
     def put(self, key: Hashable, value: V) -> None:
         if self.maxsize == 0:
             return
+        size = self._sizeof(value) if self._sizeof is not None else 0
+        if self.max_bytes is not None and size > self.max_bytes:
+            return  # larger than the whole budget: not cached
         with self._lock:
             expires = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
+            if key in self._data:
+                self._remove(key)
             self._data[key] = (value, expires)
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self._sizes[key] = size
+            self.bytes += size
+            while len(self._data) > self.maxsize or (
+                self.max_bytes is not None and self.bytes > self.max_bytes
+            ):
+                oldest = next(iter(self._data))
+                self._remove(oldest)
                 self.evictions += 1
 
     def put_many(self, items: Iterable[tuple[Hashable, V]]) -> None:
@@ -109,7 +135,9 @@ class LRUCache(Generic[V]):
 
     def pop(self, key: Hashable) -> V | None:
         with self._lock:
-            entry = self._data.pop(key, None)
+            entry = self._data.get(key)
+            if entry is not None:
+                self._remove(key)
         return entry[0] if entry is not None else None
 
     def __contains__(self, key: object) -> bool:
@@ -130,12 +158,14 @@ class LRUCache(Generic[V]):
             now = self._clock()
             dead = [k for k, (_, exp) in self._data.items() if exp <= now]
             for k in dead:
-                del self._data[k]
+                self._remove(k)
         return len(dead)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._sizes.clear()
+            self.bytes = 0
 
     @property
     def hit_rate(self) -> float:
@@ -143,10 +173,12 @@ class LRUCache(Generic[V]):
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | None]:
         return {
             "size": len(self),
             "maxsize": self.maxsize,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
             "hits": self.hits,
             "misses": self.misses,
             "evictions": self.evictions,

@@ -92,6 +92,11 @@ class ServerConfig(_Section):
     metrics_host: str = "127.0.0.1"
     #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     grace_s: float = Field(10.0, ge=0)
+    #: After SIGTERM, health reports NOT_SERVING for this long while calls are still served,
+    #: so load balancers move traffic away before the listener closes.
+    drain_s: float = Field(5.0, ge=0)
+    #: How often health is re-checked (state store reachable, encoder batcher running).
+    health_interval_s: float = Field(1.0, gt=0)
     max_concurrent_rpcs: int = Field(2048, ge=1)
     max_message_mb: int = Field(16, ge=1, le=1024)
     #: Deadline applied to calls that carry none (seconds).
@@ -151,8 +156,16 @@ class BatchingConfig(_Section):
 
 class CacheConfig(_Section):
     user_max_entries: int = Field(100_000, ge=0)
+    #: Memory budget of the user-embedding cache (megabytes).
+    user_max_mb: float = Field(64.0, ge=0)
     user_ttl_s: float | None = Field(300.0, gt=0)
     item_max_entries: int = Field(100_000, ge=0)
+    #: Memory budget of the cache of encoded (non-catalog) candidate texts (megabytes).
+    item_max_mb: float = Field(128.0, ge=0)
+    #: Recent Rank events kept in memory for Rewards and repeated event ids.
+    event_max_entries: int = Field(10_000, ge=0)
+    #: Memory budget of those events (megabytes).
+    event_max_mb: float = Field(64.0, ge=0)
 
 
 class LimitsConfig(_Section):
@@ -198,9 +211,22 @@ class StateConfig(_Section):
     window_check_interval_s: float = Field(60.0, gt=0)
     #: How often policy statistics are refreshed from a shared store (Redis).
     sync_interval_ms: float = Field(500.0, gt=0)
+    #: How often a shared store is searched for crashed replicas' unflushed statistics.
+    recovery_interval_s: float = Field(60.0, gt=0)
+    #: Drop old events from the state store (their statistics stay). On by default.
+    retention: bool = True
+    #: Events older than this are dropped; None = reward_window_s + retention_margin_s.
     retention_max_age_s: float | None = Field(None, gt=0)
+    #: How long an event is kept after its reward window closed (default 1 day).
+    retention_margin_s: float = Field(86_400.0, ge=0)
     retention_max_events: int | None = Field(None, ge=1)
     retention_interval_s: float = Field(600.0, gt=0)
+
+    def retention_age_s(self) -> float:
+        """The age beyond which events are dropped (see retention_max_age_s)."""
+        if self.retention_max_age_s is not None:
+            return self.retention_max_age_s
+        return self.reward_window_s + self.retention_margin_s
 
     def store_options(self) -> dict[str, Any]:
         """``options`` with the sqlite database's path filled in from ``dir`` (or the

@@ -266,7 +266,12 @@ def to_event(
         scorer=decision.scorer,
         policy=decision.policy,
         model_version=model_version,
-        candidate_ids=list(decision.candidate_ids),
+        # the catalog's own id list for whole-catalog Ranks: a reference, not a copy
+        candidate_ids=(
+            decision.candidate_ids
+            if isinstance(decision.candidate_ids, list)
+            else list(decision.candidate_ids)
+        ),
         candidate_scores=decision.scores,
         ranked_ids=list(decision.ranked_ids),
         ranked_scores=decision.ranked_scores.astype(float).tolist(),

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["Candidates", "Embedder"]
 
 
+def _nbytes(arr: np.ndarray) -> int:
+    return int(arr.nbytes) + 112  # the array object and its cache entry
+
+
 @dataclass
 class Candidates:
     ids: list[str]
@@ -63,9 +67,14 @@ class Embedder:
         self.batching = batching
         self.metrics = metrics
         self.user_cache: LRUCache[np.ndarray] = LRUCache(
-            cache.user_max_entries, ttl_s=cache.user_ttl_s
+            cache.user_max_entries,
+            ttl_s=cache.user_ttl_s,
+            max_bytes=int(cache.user_max_mb * (1 << 20)),
+            sizeof=_nbytes,
         )
-        self.item_cache: LRUCache[np.ndarray] = LRUCache(cache.item_max_entries)
+        self.item_cache: LRUCache[np.ndarray] = LRUCache(
+            cache.item_max_entries, max_bytes=int(cache.item_max_mb * (1 << 20)), sizeof=_nbytes
+        )
         self.batcher: Any = None
         self._tokenize_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="explorank-tokenize"
@@ -100,6 +109,17 @@ class Embedder:
         t0 = time.perf_counter()
         await self.batcher.warmup()
         return time.perf_counter() - t0
+
+    def healthy(self) -> tuple[bool, str]:
+        """The batcher runs and the encoder has not failed its last batches."""
+        batcher = self.batcher
+        if batcher is None or batcher.state != "running":
+            return False, f"the encoder batcher is {getattr(batcher, 'state', 'not started')}"
+        if batcher.stats.consecutive_failures >= 3:
+            return False, (
+                f"the encoder failed its last {batcher.stats.consecutive_failures} batches"
+            )
+        return True, ""
 
     async def stop(self) -> None:
         if self.batcher is not None:

@@ -7,10 +7,13 @@ default reward, retention).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from explorank.engine.cache import LRUCache
 from explorank.engine.requests import RewardOutput, validate_reward
@@ -18,6 +21,7 @@ from explorank.errors import FailedPreconditionError, InvalidArgumentError, NotF
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError
 
 if TYPE_CHECKING:
+    from explorank.engine.bundle import Bundle
     from explorank.engine.config import LimitsConfig, StateConfig
     from explorank.engine.decider import Decider
     from explorank.engine.metrics import EngineMetrics
@@ -28,22 +32,80 @@ __all__ = ["EventLog", "Feedback"]
 log = logging.getLogger("explorank.engine")
 
 
-class EventLog:
-    """Logged Rank events: written to the store, recent ones kept in memory."""
+def event_nbytes(event: EventRecord) -> int:
+    """What an event holds in memory, roughly: its arrays, plus references and short strings."""
+    arrays = sum(
+        np.asarray(a).nbytes
+        for a in (event.candidate_scores, event.user_embedding, event.ranked_embeddings)
+    )
+    return arrays + 8 * len(event.candidate_ids) + 96 * len(event.ranked_ids) + 512
 
-    def __init__(self, store: StateStore, cache_entries: int = 10_000) -> None:
+
+class EventLog:
+    """Logged Rank events: written to the store, recent ones kept in memory (bounded by
+    entries and by bytes).
+
+    Catalog data is stored by reference: when every returned item is a catalog item of the
+    bundle that ranked the event, the stored event carries no copy of their embeddings
+    (``ranked_embeddings`` of shape ``(0, d)``); :meth:`get` restores them from the catalog.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        catalog: Callable[[], Bundle],
+        *,
+        cache_entries: int = 10_000,
+        cache_bytes: int = 64 << 20,
+    ) -> None:
         self.store = store
-        self.cache: LRUCache[EventRecord] = LRUCache(cache_entries)
+        self.catalog = catalog
+        self.cache: LRUCache[EventRecord] = LRUCache(
+            cache_entries, max_bytes=cache_bytes, sizeof=event_nbytes
+        )
 
     async def get(self, event_id: str) -> EventRecord | None:
         event = self.cache.get(event_id)
         if event is None:
             event = await self.store.get_event(event_id)
+            if event is not None:
+                event = self.restore(event)
         return event
 
     async def log(self, event: EventRecord) -> None:
-        await self.store.log_event(event)
+        await self.store.log_event(self._by_reference(event))
         self.cache.put(event.event_id, event)
+
+    def _by_reference(self, event: EventRecord) -> EventRecord:
+        bundle = self.catalog()
+        if not event.ranked_ids or event.model_version != bundle.model_version:
+            return event
+        if any(item_id not in bundle.index for item_id in event.ranked_ids):
+            return event
+        empty = np.zeros((0, bundle.embedding_dim), dtype=np.float32)
+        return dataclasses.replace(event, ranked_embeddings=empty)
+
+    def restore(self, event: EventRecord) -> EventRecord:
+        """``event`` with the embeddings it stores by reference filled in from the catalog
+        (for events read from the store directly)."""
+        if not event.ranked_ids or np.asarray(event.ranked_embeddings).shape[0]:
+            return event
+        bundle = self.catalog()
+        rows = [bundle.index.get(item_id) for item_id in event.ranked_ids]
+        if any(r is None for r in rows):
+            missing = [i for i, r in zip(event.ranked_ids, rows, strict=True) if r is None]
+            raise FailedPreconditionError(
+                f"event {event.event_id!r} references catalog items that are no longer in the "
+                f"catalog ({', '.join(missing[:3])}); its rewards can no longer be learned"
+            )
+        if event.model_version != bundle.model_version:
+            log.debug(
+                "event %s was ranked by %s; its item embeddings come from %s",
+                event.event_id,
+                event.model_version,
+                bundle.model_version,
+            )
+        return dataclasses.replace(event, ranked_embeddings=bundle.item_embeddings[rows])
 
 
 class Feedback:
@@ -103,7 +165,9 @@ class Feedback:
             return 0
         recovered = int(
             await recover(
-                lambda event, reward: self.decider.deltas_for(event, reward.item_id, reward.value)
+                lambda event, reward: self.decider.deltas_for(
+                    self.events.restore(event), reward.item_id, reward.value
+                )
             )
         )
         if recovered:
@@ -127,7 +191,8 @@ class Feedback:
             events = await self.store.events_to_close(cutoff, batch)
             if not events:
                 return applied
-            for event in events:
+            for stored in events:
+                event = self.events.restore(stored)
                 for item_id in event.ranked_ids:
                     applied += int(await self._record(event, item_id, value))
             await self.store.mark_events_closed([e.event_id for e in events])
@@ -140,9 +205,11 @@ class Feedback:
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.store.shared:
             jobs.append(("explorank-stats-sync", self._sync_loop))
+        if getattr(self.store, "recover_pending", None) is not None:
+            jobs.append(("explorank-recovery", self._recovery_loop))
         if self.state.default_reward is not None:
             jobs.append(("explorank-windows", self._window_loop))
-        if self.state.retention_max_age_s or self.state.retention_max_events:
+        if self.state.retention:
             jobs.append(("explorank-retention", self._retention_loop))
         return jobs
 
@@ -154,6 +221,14 @@ class Feedback:
                 await self.decider.load_stats(self.store)
             except StateUnavailableError as exc:
                 log.warning("stats sync failed, keeping last known state: %s", exc)
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.state.recovery_interval_s)
+            try:
+                await self.recover()
+            except StateUnavailableError as exc:
+                log.warning("recovery of crashed replicas' statistics postponed: %s", exc)
 
     async def _window_loop(self) -> None:
         while True:
@@ -171,7 +246,7 @@ class Feedback:
         while True:
             try:
                 dropped = await self.store.apply_retention(
-                    sc.retention_max_age_s, sc.retention_max_events
+                    sc.retention_age_s(), sc.retention_max_events
                 )
                 if dropped:
                     log.info("retention dropped %d events", dropped)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from explorank import __version__
@@ -45,6 +46,32 @@ from explorank.plugins.api import EventRecord, ScorerContext, StateStore
 from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
+
+
+async def supervise(
+    name: str,
+    job: Callable[[], Awaitable[None]],
+    *,
+    first_backoff_s: float = 1.0,
+    max_backoff_s: float = 60.0,
+) -> None:
+    """Run a background loop forever: an unexpected exception is logged with its traceback
+    and the loop restarts after a backoff that doubles up to ``max_backoff_s`` (and resets
+    once the loop has run longer than the backoff)."""
+    backoff = first_backoff_s
+    while True:
+        started = time.monotonic()
+        try:
+            await job()
+            return  # a loop that ends by itself is done
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if time.monotonic() - started > backoff:
+                backoff = first_backoff_s
+            log.exception("background task %s failed; restarting in %.0f s", name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
 
 
 def head_providers(backend: Any) -> tuple[str, ...]:
@@ -125,7 +152,13 @@ class Engine:
             self.plugins.require("state store", config.state.store)
             store = self.plugins.create_store(config.state.store, **config.state.store_options())
         self.store = store
-        self.events = EventLog(store)
+        cc = config.cache
+        self.events = EventLog(
+            store,
+            lambda: self.bundle,
+            cache_entries=cc.event_max_entries,
+            cache_bytes=int(cc.event_max_mb * (1 << 20)),
+        )
         self.feedback = Feedback(
             config.state, config.limits, self.decider, self.events, self.metrics
         )
@@ -169,7 +202,7 @@ class Engine:
                 "events whose reward window closed; unset it or use the sqlite store"
             )
         for name, job in self.feedback.background_tasks():
-            self._tasks.append(asyncio.create_task(job(), name=name))
+            self._tasks.append(asyncio.create_task(supervise(name, job), name=name))
         self.ready = True
         self.metrics.ready.set(1)
         self.plugins.call_engine_started(self)
@@ -195,6 +228,24 @@ class Engine:
         close = getattr(self.backend, "close", None)
         if close:
             close()
+
+    async def check_health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
+        """Can Rank be served right now? ``(ok, why not)``: the engine is ready and
+        accepting, the encoder batcher runs and its last batches did not all fail, and the
+        state store answers (within ``timeout_s``)."""
+        if not self.ready or not self.accepting:
+            return False, "not ready" if self.accepting else "shutting down"
+        healthy, why = self.embedder.healthy()
+        if not healthy:
+            return False, why
+        try:
+            store_ok = await asyncio.wait_for(self.store.healthy(), timeout_s)
+        except Exception as exc:  # a store's healthy() must not take health down with it
+            store_ok = False
+            log.debug("state store health check raised: %s", exc)
+        if not store_ok:
+            return False, f"the {self.store.name} state store is unreachable"
+        return True, ""
 
     def _enter(self) -> None:
         if not self.accepting:

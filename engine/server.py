@@ -227,6 +227,8 @@ class Server:
         self._metrics_server: Any = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._serving: bool | None = None
+        self._health_task: asyncio.Task[None] | None = None
 
     async def _set_health(self, status: Any) -> None:
         await self.health.set("", status)
@@ -253,7 +255,8 @@ class Server:
                 ) from None
             log.info("metrics on http://%s:%d/metrics", sc.metrics_host, sc.metrics_port)
         await self.engine.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._update_health()
+        self._health_task = asyncio.create_task(self._health_loop(), name="explorank-health")
         info = self.engine.info()
         log.info(
             "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s (%s) catalog=%d",
@@ -268,6 +271,35 @@ class Server:
             info["catalog_size"],
         )
         return self.port
+
+    async def _update_health(self) -> bool:
+        """Health = whether Rank can be served now (:meth:`Engine.check_health`)."""
+        ok, why = await self.engine.check_health()
+        if self._stopping:
+            return False
+        if ok != self._serving:
+            if self._serving is not None:
+                if ok:
+                    log.warning("health: SERVING again")
+                else:
+                    log.error("health: NOT_SERVING (%s)", why)
+            self._serving = ok
+            self.engine.metrics.ready.set(1 if ok else 0)
+            await self._set_health(
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+        return ok
+
+    async def _health_loop(self) -> None:
+        interval = self.engine.config.server.health_interval_s
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await self._update_health()
+            except Exception:  # never let the probe die: health would freeze
+                log.exception("health check failed")
 
     def _add_port(self, host: str, port: int) -> int:
         """Bind the gRPC port; a failure is a :class:`ConfigError` naming the setting."""
@@ -291,9 +323,20 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
-        grace = self.engine.config.server.grace_s if grace_s is None else grace_s
-        log.info("shutting down (grace %.1f s)", grace)
+        sc = self.engine.config.server
+        grace = sc.grace_s if grace_s is None else grace_s
+        # SIGTERM/SIGINT (no explicit grace) drains; a programmatic stop(grace) does not
+        drain = sc.drain_s if grace_s is None else 0.0
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.engine.metrics.ready.set(0)
+        if drain > 0 and self.engine.ready:
+            # Health says NOT_SERVING while calls are still served: load balancers and
+            # Kubernetes readiness probes move traffic away before the listener closes.
+            log.info("draining for %.1f s (NOT_SERVING, still serving)", drain)
+            await asyncio.sleep(drain)
+        log.info("shutting down (in-flight calls get %.1f s)", grace)
         self.engine.accepting = False
         await self.grpc_server.stop(grace)
         await self.engine.stop(grace)

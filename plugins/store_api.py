@@ -39,7 +39,9 @@ class EventRecord:
     propensities: list[float]
     explored: list[bool]
     user_embedding: np.ndarray  # (d,) float32
-    ranked_embeddings: np.ndarray  # (k, d) float32, embeddings of the returned items
+    #: (k, d) float32, embeddings of the returned items; (0, d) when every returned item is a
+    #: catalog item of ``model_version`` (stored by reference, restored by the engine on read)
+    ranked_embeddings: np.ndarray
     context_text: str = ""
     top_k: int = 0
     #: A digest of the Rank request that produced the event (user, context, history,

@@ -41,21 +41,29 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One ``redis-server`` child process; ``kill()`` sends SIGKILL (outage tests)."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, persistent: bool = False) -> None:
         self.binary = binary or shutil.which("redis-server")
         if self.binary is None:
             raise FileNotFoundError(SKIP_REASON)
         self.dir = Path(tempfile.mkdtemp(prefix="explorank-redis-"))
         self.port = 0
+        #: persistent: an append-only file fsynced on every write, so a stop and a start
+        #: (on the same port, :meth:`restart`) keep every acknowledged write
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
+    def start(self, timeout_s: float = 10.0, *, port: int | None = None) -> RedisServer:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
         for _ in range(3):  # the port can be taken between free_port() and bind
-            self.port = free_port()
+            self.port = port or free_port()
             self.proc = subprocess.Popen(
                 [
                     self.binary,  # type: ignore[list-item]
@@ -63,7 +71,7 @@ class RedisServer:
                     "--bind", "127.0.0.1",
                     "--dir", str(self.dir),
                     "--save", "",
-                    "--appendonly", "no",
+                    *persistence,
                     "--daemonize", "no",
                     "--logfile", str(self.dir / "redis.log"),
                 ],
@@ -82,6 +90,10 @@ class RedisServer:
             else ""
         )
         raise RuntimeError(f"redis-server did not start: {log}")
+
+    def restart(self, timeout_s: float = 10.0) -> RedisServer:
+        """Start again on the same port (after :meth:`stop` or :meth:`kill`)."""
+        return self.start(timeout_s, port=self.port)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

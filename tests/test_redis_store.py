@@ -144,6 +144,7 @@ async def _fresh_stats(url: str, prefix: str, policy: str) -> Any:
         await store.close()
 
 
+@pytest.mark.timeout(240)  # about 1 s on a quiet machine; a starved redis-server is slow
 def test_concurrent_increments_sum_exactly(redis_url: str, prefix: str) -> None:
     n_events = 60
 

@@ -76,8 +76,11 @@ def check_event(event: EventRecord) -> None:
             "candidate_scores", f"shape {np.asarray(event.candidate_scores).shape} != ({n},)"
         )
     emb = np.asarray(event.ranked_embeddings)
-    if k and (emb.ndim != 2 or emb.shape[0] != k):
-        raise InvalidArgumentError("ranked_embeddings", f"shape {emb.shape}, expected ({k}, d)")
+    if k and (emb.ndim != 2 or emb.shape[0] not in (0, k)):
+        # (0, d): every ranked item is a catalog item of model_version, stored by reference
+        raise InvalidArgumentError(
+            "ranked_embeddings", f"shape {emb.shape}, expected ({k}, d) or (0, d)"
+        )
 
 
 def check_deltas_finite(
