@@ -66,13 +66,15 @@ TOKENS_FILE_SETTING = "server.auth.tokens_file / --tokens-file"
 MIN_TOKEN_CHARS = 16
 
 #: The scope each method of explorank's services needs. Every method must be listed: one
-#: that is not (a new RPC, or a name no service has) is denied to every token. Admin
-#: methods, when an admin service exists, are listed here with the scope "admin".
+#: that is not (a new RPC, or a name no service has) is denied to every token.
 METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
     {
         "/explorank.v1.Ranker/Rank": "rank",
         "/explorank.v1.Ranker/GetInfo": "rank",
         "/explorank.v1.Ranker/Reward": "reward",
+        "/explorank.v1.Admin/Reload": "admin",
+        "/explorank.v1.Admin/AddItems": "admin",
+        "/explorank.v1.Admin/RemoveItems": "admin",
     }
 )
 

@@ -121,6 +121,7 @@ class RankerClient:
         else:
             self._channel = grpc.insecure_channel(address)
         self._stub = ranker_pb2_grpc.RankerStub(self._channel)
+        self._admin = ranker_pb2_grpc.AdminStub(self._channel)
 
     def __enter__(self) -> RankerClient:
         return self
@@ -192,6 +193,36 @@ class RankerClient:
         req = ranker_pb2.RewardRequest(event_id=event_id, item_id=item_id, value=value)
         resp = self._invoke(self._stub.Reward, req, timeout)
         return RewardResult(accepted=resp.accepted, duplicate=resp.duplicate)
+
+    # ---------------------------------------------------------- admin (scope "admin")
+    def reload(self, bundle: str | Path = "", *, timeout: float | None = 600.0) -> dict[str, Any]:
+        """Hot-reload ``bundle`` (default: the server's configured bundle)."""
+        req = ranker_pb2.ReloadRequest(bundle=str(bundle))
+        resp = self._invoke(self._admin.Reload, req, timeout)
+        return {
+            "model_version": resp.model_version,
+            "previous_version": resp.previous_version,
+            "catalog_size": resp.catalog_size,
+            "seconds": resp.seconds,
+        }
+
+    def add_items(
+        self, items: Iterable[tuple[str, str]], *, timeout: float | None = 300.0
+    ) -> dict[str, int]:
+        """Add (id, text) items to the catalog; they are rankable when this returns."""
+        req = ranker_pb2.AddItemsRequest(
+            items=[ranker_pb2.CatalogItem(item_id=i, text=t) for i, t in items]
+        )
+        resp = self._invoke(self._admin.AddItems, req, timeout)
+        return {"added": resp.added, "removed": resp.removed, "catalog_size": resp.catalog_size}
+
+    def remove_items(
+        self, item_ids: Iterable[str], *, timeout: float | None = 60.0
+    ) -> dict[str, int]:
+        """Retire catalog items: never returned again."""
+        req = ranker_pb2.RemoveItemsRequest(item_ids=list(item_ids))
+        resp = self._invoke(self._admin.RemoveItems, req, timeout)
+        return {"added": resp.added, "removed": resp.removed, "catalog_size": resp.catalog_size}
 
     def info(self, *, timeout: float | None = None) -> dict[str, Any]:
         from google.protobuf.json_format import MessageToDict

@@ -115,6 +115,18 @@ class ModelConfig(_Section):
     #: ed25519 public keys (PEM); when set, a bundle is served only if manifest.json.sig is a
     #: valid signature of its manifest by one of them (see docs/operations.md).
     trusted_keys: list[Path] = Field(default_factory=list)
+    #: Reload by itself when the bundle's manifest changes (bundle may be a symlink that is
+    #: switched to a new directory); a refused bundle leaves the old one serving.
+    watch: bool = False
+    watch_interval_s: float = Field(2.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _watch_needs_bundle(self) -> ModelConfig:
+        if self.watch and self.bundle is None:
+            raise ValueError(
+                "model.watch needs model.bundle (the directory, or a symlink to it, to watch)"
+            )
+        return self
 
 
 class BackendConfig(_Section):

@@ -91,16 +91,8 @@ class Decider:
         unknown = sorted(set(rc.scorers) - set(self.plugins.scorer_classes()))
         if unknown:
             raise ConfigError(f"ranking.scorers configures unknown scorers {unknown}")
-        for name in self.plugins.scorer_classes():
-            try:
-                self.scorers[name] = self.plugins.create_scorer(
-                    name, self.scorer_context, **rc.scorers.get(name, {})
-                )
-            except Exception as exc:  # a third-party scorer that cannot serve this bundle
-                if name == rc.default_scorer or name in rc.scorers:
-                    raise ConfigError(f"scorer {name!r} cannot be created: {exc}") from exc
-                self.unavailable.append(("scorer", name, f"{type(exc).__name__}: {exc}"))
-                log.warning("scorer %s unavailable for this bundle: %s", name, exc)
+        self.scorers, problems = self.build_scorers(self.scorer_context)
+        self.unavailable.extend(problems)
         for name in self.plugins.policy_classes():
             try:
                 self.policies[name] = self.plugins.create_policy(name, **rc.policies.get(name, {}))
@@ -109,6 +101,32 @@ class Decider:
                     raise ConfigError(f"policy {name!r} cannot be created: {exc}") from exc
                 self.unavailable.append(("policy", name, f"{type(exc).__name__}: {exc}"))
                 log.warning("policy %s unavailable: %s", name, exc)
+
+    def build_scorers(
+        self, context: ScorerContext
+    ) -> tuple[dict[str, Scorer], list[tuple[str, str, str]]]:
+        """Every scorer built for the bundle ``context`` describes (at start-up, and for a
+        bundle being reloaded), with the ones that cannot be built. A configured default or a
+        scorer with configured parameters that cannot be built is a :class:`ConfigError`."""
+        rc = self.ranking
+        scorers: dict[str, Scorer] = {}
+        problems: list[tuple[str, str, str]] = []
+        for name in self.plugins.scorer_classes():
+            try:
+                scorers[name] = self.plugins.create_scorer(
+                    name, context, **rc.scorers.get(name, {})
+                )
+            except Exception as exc:  # a third-party scorer that cannot serve this bundle
+                if name == rc.default_scorer or name in rc.scorers:
+                    raise ConfigError(f"scorer {name!r} cannot be created: {exc}") from exc
+                problems.append(("scorer", name, f"{type(exc).__name__}: {exc}"))
+                log.warning("scorer %s unavailable for this bundle: %s", name, exc)
+        return scorers, problems
+
+    def use_scorers(self, scorers: dict[str, Scorer], problems: list[tuple[str, str, str]]) -> None:
+        """Serve with the scorers built for a newly loaded bundle (an atomic swap)."""
+        self.scorers = scorers
+        self.unavailable = [p for p in self.unavailable if p[0] != "scorer"] + problems
 
     def scorer_name(self, name: str) -> str:
         """The scorer a request names (empty = the default); NOT_FOUND when unknown."""
@@ -152,12 +170,16 @@ class Decider:
         cand_vecs: np.ndarray,
         top_k: int,
         event_id: str,
+        scorers: Mapping[str, Scorer] | None = None,
     ) -> core.Decision:
-        """One decision through the core, seeded by the event id (timed per stage)."""
+        """One decision through the core, seeded by the event id (timed per stage).
+        ``scorers``: the ones of the bundle the request was embedded with (default: the
+        current ones)."""
+        scorer = (scorers or self.scorers).get(scorer_name) or self.scorers[scorer_name]
         try:
             t0 = time.perf_counter()
             scores = core.score(
-                self.scorers[scorer_name],
+                scorer,
                 scorer_name,
                 user=user,
                 cand_ids=cand_ids,

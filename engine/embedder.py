@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explorank.engine.cache import LRUCache, content_key
+from explorank.engine.catalog import Catalog
 from explorank.engine.requests import RankInput
 from explorank.engine.text import user_context_text
 from explorank.errors import InvalidArgumentError, NotFoundError
@@ -56,12 +57,14 @@ class Embedder:
         cache: CacheConfig,
         metrics: EngineMetrics,
         max_new_texts: int = 255,
+        catalog: Catalog | None = None,
     ) -> None:
         self.bundle = bundle
         self.max_new_texts = int(max_new_texts)
-        # Plugins receive this matrix (or rows of it) on every whole-catalog Rank: read-only,
-        # so a plugin cannot corrupt it for the requests that follow.
-        bundle.item_embeddings.setflags(write=False)
+        # The catalog's matrices are read-only: plugins receive them on every whole-catalog
+        # Rank, and must not be able to corrupt them for the requests that follow.
+        self.catalog = catalog if catalog is not None else Catalog.from_bundle(bundle)
+        self._centroid: tuple[Catalog, np.ndarray] | None = None
         self.backend = backend
         self.tokenizer = tokenizer
         self.batching = batching
@@ -79,11 +82,18 @@ class Embedder:
         self._tokenize_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="explorank-tokenize"
         )
-        items = bundle.item_embeddings
-        centroid = items.mean(axis=0) if len(bundle.items) else np.zeros(bundle.embedding_dim)
-        norm = float(np.linalg.norm(centroid))
-        self.centroid = (centroid / norm if norm > 0 else centroid).astype(np.float32)
-        self.catalog_ids = [it.id for it in bundle.items]  # built once, for whole-catalog Ranks
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Swap in a changed catalog (Ranks in progress keep the one they started with)."""
+        self.catalog = catalog
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """The unit mean of the rankable catalog (computed once per catalog)."""
+        cached = self._centroid
+        if cached is None or cached[0] is not self.catalog:
+            cached = self._centroid = (self.catalog, self.catalog.centroid())
+        return cached[1]
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, warmup: bool = True) -> float:
@@ -140,31 +150,36 @@ class Embedder:
     def context_text(self, req: RankInput) -> str:
         """The user text, built exactly as fine-tuning built it (engine/text.py)."""
         texts: list[str] = []
+        catalog = self.catalog
         for i, hid in enumerate(req.history_item_ids):
-            row = self.bundle.index.get(hid)
-            if row is None:
+            text = catalog.text(hid)  # retired items still describe a user's past
+            if text is None:
                 raise NotFoundError(f"history_item_ids[{i}]: item {hid!r} is not in the catalog")
-            texts.append(self.bundle.items[row].text)
+            texts.append(text)
         return user_context_text(texts, req.context_text)
 
     def item_texts(self, item_ids: Sequence[str], req: RankInput) -> list[str]:
         """The text of each item: the caller's candidate text, else the catalog text."""
         given = {c.item_id: c.text for c in req.candidates if c.text}
-        index, items = self.bundle.index, self.bundle.items
-        out = []
-        for item_id in item_ids:
-            text = given.get(item_id)
-            if text is None:
-                row = index.get(item_id)
-                text = items[row].text if row is not None else ""
-            out.append(text)
-        return out
+        catalog = self.catalog
+        return [given.get(item_id) or catalog.text(item_id) or "" for item_id in item_ids]
 
     # ----------------------------------------------------------------- embeddings
     async def encode_texts(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         """Encode texts through the dynamic batcher (no caching)."""
         ids = await self.tokenize(texts)
         return await self.batcher.submit_many(ids, deadline=deadline)  # type: ignore[no-any-return]
+
+    async def encode_many(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode any number of texts, in chunks that fit one request's share of the encoder
+        queue (for catalog changes: not a client's request, no deadline)."""
+        if not texts:
+            return np.zeros((0, self.catalog.dim), dtype=np.float32)
+        step = max(1, int(self.batcher.max_per_request))
+        parts = [
+            await self.encode_texts(texts[i : i + step], None) for i in range(0, len(texts), step)
+        ]
+        return np.concatenate(parts)
 
     async def user_embedding(self, text: str, deadline: float | None) -> np.ndarray:
         if not text.strip():
@@ -183,17 +198,16 @@ class Embedder:
         return emb
 
     async def candidates(self, req: RankInput, deadline: float | None) -> Candidates:
-        b = self.bundle
+        catalog = self.catalog
         if not req.candidates:
-            return Candidates(self.catalog_ids, b.item_embeddings)
+            return Candidates(catalog.ids, catalog.rank_embeddings)
         ids: list[str] = []
         rows = np.empty(len(req.candidates), dtype=np.int64)
         new_pos: list[int] = []
         new_texts: list[str] = []
-        index = b.index
         for i, cand in enumerate(req.candidates):
             ids.append(cand.item_id)
-            row = index.get(cand.item_id)
+            row = catalog.row(cand.item_id)
             if row is not None:
                 rows[i] = row
                 continue
@@ -212,9 +226,9 @@ class Embedder:
                 f"their text; the limit is {self.max_new_texts} per request "
                 "(limits.max_new_texts): send the rest in another request",
             )
-        emb = np.empty((len(ids), b.embedding_dim), dtype=np.float32)
+        emb = np.empty((len(ids), catalog.dim), dtype=np.float32)
         known = rows >= 0
-        emb[known] = b.item_embeddings[rows[known]]
+        emb[known] = catalog.embeddings[rows[known]]
         if new_pos:
             keys = [content_key(text) for text in new_texts]
             missing_pos: list[int] = []

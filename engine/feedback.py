@@ -21,7 +21,7 @@ from explorank.errors import FailedPreconditionError, InvalidArgumentError, NotF
 from explorank.plugins.api import EventRecord, RewardRecord, StateUnavailableError
 
 if TYPE_CHECKING:
-    from explorank.engine.bundle import Bundle
+    from explorank.engine.catalog import Catalog
     from explorank.engine.config import LimitsConfig, StateConfig
     from explorank.engine.decider import Decider
     from explorank.engine.metrics import EngineMetrics
@@ -45,21 +45,26 @@ class EventLog:
     """Logged Rank events: written to the store, recent ones kept in memory (bounded by
     entries and by bytes).
 
-    Catalog data is stored by reference: when every returned item is a catalog item of the
-    bundle that ranked the event, the stored event carries no copy of their embeddings
-    (``ranked_embeddings`` of shape ``(0, d)``); :meth:`get` restores them from the catalog.
+    Catalog data is stored by reference: when every returned item is an item of the bundle
+    that ranked the event (whose rows never change for that model version), the stored event
+    carries no copy of their embeddings (``ranked_embeddings`` of shape ``(0, d)``);
+    :meth:`get` restores them from that bundle's catalog. Items added at run time are copied
+    (their text, hence their row, may be replaced). The engine keeps the catalog of the bundle
+    served before the last reload too, so events ranked just before a reload still learn.
     """
 
     def __init__(
         self,
         store: StateStore,
-        catalog: Callable[[], Bundle],
+        catalog: Callable[[], Catalog],
         *,
+        previous: Callable[[str], Catalog | None] = lambda version: None,
         cache_entries: int = 10_000,
         cache_bytes: int = 64 << 20,
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self.previous = previous
         self.cache: LRUCache[EventRecord] = LRUCache(
             cache_entries, max_bytes=cache_bytes, sizeof=event_nbytes
         )
@@ -77,12 +82,21 @@ class EventLog:
         self.cache.put(event.event_id, event)
 
     def _by_reference(self, event: EventRecord) -> EventRecord:
-        bundle = self.catalog()
-        if not event.ranked_ids or event.model_version != bundle.model_version:
+        catalog = self.catalog()
+        if not event.ranked_ids or event.model_version != catalog.model_version:
             return event
-        if any(item_id not in bundle.index for item_id in event.ranked_ids):
-            return event
-        empty = np.zeros((0, bundle.embedding_dim), dtype=np.float32)
+        index, bundled = catalog.index, catalog.bundled
+        emb = np.asarray(event.ranked_embeddings)
+        for j, item_id in enumerate(event.ranked_ids):
+            row = index.get(item_id)
+            # by reference only for bundle items whose row is exactly what the event used
+            if (
+                row is None
+                or item_id not in bundled
+                or not np.array_equal(catalog.embeddings[row], emb[j])
+            ):
+                return event
+        empty = np.zeros((0, catalog.dim), dtype=np.float32)
         return dataclasses.replace(event, ranked_embeddings=empty)
 
     def restore(self, event: EventRecord) -> EventRecord:
@@ -90,22 +104,22 @@ class EventLog:
         (for events read from the store directly)."""
         if not event.ranked_ids or np.asarray(event.ranked_embeddings).shape[0]:
             return event
-        bundle = self.catalog()
-        rows = [bundle.index.get(item_id) for item_id in event.ranked_ids]
+        catalog: Catalog | None = self.catalog()
+        if catalog is not None and catalog.model_version != event.model_version:
+            catalog = self.previous(event.model_version)
+        if catalog is None:
+            raise FailedPreconditionError(
+                f"event {event.event_id!r} was ranked by model {event.model_version!r}, which is "
+                "no longer loaded; its rewards can no longer be learned"
+            )
+        rows = [catalog.index.get(item_id) for item_id in event.ranked_ids]
         if any(r is None for r in rows):
             missing = [i for i, r in zip(event.ranked_ids, rows, strict=True) if r is None]
             raise FailedPreconditionError(
                 f"event {event.event_id!r} references catalog items that are no longer in the "
                 f"catalog ({', '.join(missing[:3])}); its rewards can no longer be learned"
             )
-        if event.model_version != bundle.model_version:
-            log.debug(
-                "event %s was ranked by %s; its item embeddings come from %s",
-                event.event_id,
-                event.model_version,
-                bundle.model_version,
-            )
-        return dataclasses.replace(event, ranked_embeddings=bundle.item_embeddings[rows])
+        return dataclasses.replace(event, ranked_embeddings=catalog.embeddings[rows])
 
 
 class Feedback:

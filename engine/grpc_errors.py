@@ -20,6 +20,7 @@ import grpc
 
 from explorank.errors import (
     AlreadyExistsError,
+    BundleError,
     ConfigError,
     DeadlineExceededError,
     ExplorankError,
@@ -45,6 +46,8 @@ _MAPPING: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    # a bundle given to Reload that fails verification: the request cannot be carried out
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

@@ -2,9 +2,11 @@
 
 An :class:`Engine` owns a few objects with one job each and passes them what they need:
 
-- the encoder backend, chosen (and its INT8 encoder checked on this CPU) by
-  :mod:`explorank.engine.int8_check`;
-- an :class:`~explorank.engine.embedder.Embedder`: tokenizer, dynamic batcher, caches;
+- the served :class:`~explorank.engine.generation.Generation`: the bundle, its encoder
+  backend (chosen, and its INT8 encoder checked on this CPU, by
+  :mod:`explorank.engine.int8_check`), an :class:`~explorank.engine.embedder.Embedder`
+  (tokenizer, dynamic batcher, caches, the live catalog) and the scorers built for the
+  bundle — replaced atomically by a hot reload;
 - a :class:`~explorank.engine.decider.Decider`: scorer and policy plugins, their statistics,
   and the pure decision core (:mod:`explorank.engine.decision`);
 - an :class:`~explorank.engine.feedback.EventLog` and a
@@ -23,15 +25,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from explorank import __version__
+from explorank.engine import generation
 from explorank.engine.bundle import Bundle, load_bundle
+from explorank.engine.catalog import Catalog
 from explorank.engine.config import Config
 from explorank.engine.decider import Decider
 from explorank.engine.decision import Decision, to_event
 from explorank.engine.embedder import Embedder
 from explorank.engine.feedback import EventLog, Feedback
+from explorank.engine.generation import Generation
+from explorank.engine.int8_check import PrecisionChoice
 from explorank.engine.metrics import EngineMetrics
 from explorank.engine.requests import (
     RankedItemOutput,
@@ -39,10 +46,17 @@ from explorank.engine.requests import (
     RankOutput,
     RewardOutput,
     request_fingerprint,
+    validate_catalog_item,
     validate_rank,
 )
-from explorank.errors import AlreadyExistsError, ConfigError, UnavailableError
-from explorank.plugins.api import EventRecord, ScorerContext, StateStore
+from explorank.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from explorank.plugins.api import CatalogChange, EventRecord, StateStore
 from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
@@ -74,24 +88,6 @@ async def supervise(
             backoff = min(backoff * 2, max_backoff_s)
 
 
-def head_providers(backend: Any) -> tuple[str, ...]:
-    """ONNX Runtime providers for scoring heads: the encoder's device, as ORT names.
-
-    A head is a small MLP: on a GPU the CUDA EP (never the TensorRT EP, whose engine
-    build would cost more than the head), else the CPU; the native TensorRT backend's
-    provider ("TensorRT") is not an ORT provider at all."""
-    import onnxruntime as ort
-
-    on_gpu = getattr(backend, "provider", "") in (
-        "TensorRT",
-        "TensorrtExecutionProvider",
-        "CUDAExecutionProvider",
-    )
-    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ("CUDAExecutionProvider", "CPUExecutionProvider")
-    return ("CPUExecutionProvider",)
-
-
 class Engine:
     """Loads a bundle, runs the encoder through the dynamic batcher, and serves Rank/Reward."""
 
@@ -105,47 +101,20 @@ class Engine:
         metrics: EngineMetrics | None = None,
         backend: Any = None,
     ) -> None:
-        from explorank.engine.int8_check import PrecisionChoice, choose_encoder
-        from explorank.engine.tokenizer import Tokenizer
-
         self.config = config
-        self.bundle = bundle
         self.metrics = metrics or EngineMetrics()
         pc = config.plugins
         self.plugins = plugins or PluginManager(
             block_external=pc.block_external, allow=pc.allow, block=pc.block, override=pc.override
         )
-        tokenizer = Tokenizer.from_bundle(bundle)
-        if backend is None:
-            backend, self.precision_choice = choose_encoder(
-                bundle, tokenizer, config.backend, max_batch_size=config.batching.max_batch_size
-            )
-        else:
-            served = str(getattr(backend, "precision", "unknown"))
-            self.precision_choice = PrecisionChoice(
-                config.backend.precision, served, f"{served}: backend given by the caller"
-            )
-        self.metrics.observe_precision(self.precision_choice.served, self.precision_choice.check)
-        self.backend = backend
-        self.embedder = Embedder(
-            bundle,
-            backend,
-            tokenizer,
-            batching=config.batching,
-            cache=config.cache,
-            metrics=self.metrics,
-            max_new_texts=config.limits.max_new_texts,
+        self.gen = generation.prepare(config, bundle, self.metrics, backend=backend)
+        self.metrics.observe_precision(
+            self.gen.precision_choice.served, self.gen.precision_choice.check
         )
         self.decider = Decider(
             config.ranking,
             self.plugins,
-            ScorerContext(
-                embedding_dim=bundle.embedding_dim,
-                heads=bundle.heads(),
-                bundle_dir=bundle.path,
-                providers=head_providers(backend),
-                intra_op_threads=1,
-            ),
+            generation.scorer_context(bundle, self.gen.backend),
             self.metrics,
         )
         if store is None:
@@ -155,7 +124,8 @@ class Engine:
         cc = config.cache
         self.events = EventLog(
             store,
-            lambda: self.bundle,
+            lambda: self.gen.catalog,
+            previous=lambda version: self._previous_catalogs.get(version),
             cache_entries=cc.event_max_entries,
             cache_bytes=int(cc.event_max_mb * (1 << 20)),
         )
@@ -170,6 +140,26 @@ class Engine:
         self._running_events: dict[str, asyncio.Future[EventRecord | None]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._previous_catalogs: dict[str, Catalog] = {}
+        self._reloading = asyncio.Lock()
+        self._catalog_lock = asyncio.Lock()
+
+    # The served generation's parts (a reload replaces all of them at once).
+    @property
+    def bundle(self) -> Bundle:
+        return self.gen.bundle
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.gen.embedder
+
+    @property
+    def backend(self) -> Any:
+        return self.gen.backend
+
+    @property
+    def precision_choice(self) -> PrecisionChoice:
+        return self.gen.precision_choice
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> Engine:
@@ -189,19 +179,25 @@ class Engine:
         threadpool_limits(limits=1, user_api="blas")
 
         self.decider.build()
+        self.gen.scorers, self.gen.scorer_problems = self.decider.scorers, []
         await self.store.open()
         await self.decider.load_stats(self.store)
         await self.feedback.recover()
         seconds = await self.embedder.start(warmup=warmup)
         if warmup:
             log.info("warm-up done in %.2f s", seconds)
+        if self.store.supports_catalog_changes:
+            await self.sync_catalog()
         sc = self.config.state
         if sc.default_reward is not None and not self.store.supports_window_close:
             raise ConfigError(
                 f"state.default_reward is set, but the {self.store.name!r} store cannot list "
                 "events whose reward window closed; unset it or use the sqlite store"
             )
-        for name, job in self.feedback.background_tasks():
+        jobs = self.feedback.background_tasks()
+        if self.store.shared and self.store.supports_catalog_changes:
+            jobs.append(("explorank-catalog-sync", self._catalog_sync_loop))
+        for name, job in jobs:
             self._tasks.append(asyncio.create_task(supervise(name, job), name=name))
         self.ready = True
         self.metrics.ready.set(1)
@@ -222,12 +218,9 @@ class Engine:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.embedder.stop()
+        await self.gen.close(0.0)
         self.decider.close()
         await self.store.close()
-        close = getattr(self.backend, "close", None)
-        if close:
-            close()
 
     async def check_health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
         """Can Rank be served right now? ``(ok, why not)``: the engine is ready and
@@ -269,6 +262,8 @@ class Engine:
         both get the first call's result); repeating it with a different request (another
         user, context, candidates, top_k, scorer or policy) is ALREADY_EXISTS."""
         self._enter()
+        gen = self.gen
+        gen.acquire()
         t_start = time.perf_counter()
         try:
             explicit_event = bool(req.event_id)
@@ -278,32 +273,33 @@ class Engine:
             fingerprint = request_fingerprint(req, scorer_name, policy_name)
             if not explicit_event:
                 event = await self._decide_and_log(
-                    req, scorer_name, policy_name, fingerprint, deadline
+                    gen, req, scorer_name, policy_name, fingerprint, deadline
                 )
-                return self._output(event, req)
+                return self._output(gen, event, req)
             while True:
                 prior = await self.events.get(req.event_id)
                 if prior is not None:
-                    return self._output(self._same_request(prior, req, fingerprint), req)
+                    return self._output(gen, self._same_request(prior, req, fingerprint), req)
                 running = self._running_events.get(req.event_id)
                 if running is None:
                     break
                 first = await asyncio.shield(running)  # None when the first call failed
                 if first is not None:
-                    return self._output(self._same_request(first, req, fingerprint), req)
+                    return self._output(gen, self._same_request(first, req, fingerprint), req)
             done: asyncio.Future[EventRecord | None] = asyncio.get_running_loop().create_future()
             self._running_events[req.event_id] = done
             event = None
             try:
                 event = await self._decide_and_log(
-                    req, scorer_name, policy_name, fingerprint, deadline
+                    gen, req, scorer_name, policy_name, fingerprint, deadline
                 )
             finally:
                 done.set_result(event)
                 del self._running_events[req.event_id]
-            return self._output(event, req)
+            return self._output(gen, event, req)
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
+            gen.release()
             self._leave()
 
     @staticmethod
@@ -323,14 +319,15 @@ class Engine:
 
     async def _decide_and_log(
         self,
+        gen: Generation,
         req: RankInput,
         scorer_name: str,
         policy_name: str,
         fingerprint: str,
         deadline: float | None,
     ) -> EventRecord:
-        text = self.embedder.context_text(req)
-        user, cands = await self.embedder.embed(req, text, deadline)
+        text = gen.embedder.context_text(req)
+        user, cands = await gen.embedder.embed(req, text, deadline)
 
         def decide() -> Decision:
             return self.decider.decide(
@@ -341,6 +338,7 @@ class Engine:
                 cand_vecs=cands.embeddings,
                 top_k=req.top_k,
                 event_id=req.event_id,
+                scorers=gen.scorers,
             )
 
         decision = await self.decider.run(decide)  # on the decider's thread, not the loop
@@ -351,7 +349,7 @@ class Engine:
             created_at=time.time(),
             user=user,
             cand_vecs=cands.embeddings,
-            model_version=self.bundle.model_version,
+            model_version=gen.bundle.model_version,
             user_id=req.user_id,
             context_text=text,
             top_k=req.top_k,
@@ -361,8 +359,8 @@ class Engine:
         self.metrics.stage.labels("log").observe(time.perf_counter() - t0)
         return event
 
-    def _output(self, event: EventRecord, req: RankInput) -> RankOutput:
-        texts = self.embedder.item_texts(event.ranked_ids, req) if req.include_text else None
+    def _output(self, gen: Generation, event: EventRecord, req: RankInput) -> RankOutput:
+        texts = gen.embedder.item_texts(event.ranked_ids, req) if req.include_text else None
         items = [
             RankedItemOutput(item_id, float(s), float(p), bool(e), texts[j] if texts else "")
             for j, (item_id, s, p, e) in enumerate(
@@ -376,6 +374,111 @@ class Engine:
             )
         ]
         return RankOutput(event.event_id, items, event.model_version, event.scorer, event.policy)
+
+    # ----------------------------------------------------------------- hot reload
+    async def reload(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Load, verify and warm up the bundle at ``path`` (default: the configured one)
+        next to the serving one, switch to it atomically, and stop the old one once the
+        calls that started on it are done. Any failure leaves the old one serving."""
+        if self._reloading.locked():
+            raise FailedPreconditionError("a reload is already in progress; try again later")
+        async with self._reloading:
+            target = Path(path) if path else self.config.model.bundle
+            if target is None:
+                raise InvalidArgumentError("bundle", "no bundle given and none configured")
+            t0 = time.perf_counter()
+            mc = self.config.model
+            bundle = await asyncio.to_thread(
+                load_bundle, target, verify=mc.verify_checksums, trusted_keys=mc.trusted_keys
+            )
+            new = await asyncio.to_thread(
+                generation.prepare, self.config, bundle, self.metrics, decider=self.decider
+            )
+            try:
+                await new.embedder.start(warmup=True)
+                if self.store.supports_catalog_changes:
+                    async with self._catalog_lock:
+                        changes = await self.store.catalog_changes(0)
+                        await generation.apply_changes(new.embedder, changes)
+            except BaseException:
+                await new.close(0.0)
+                raise
+            old = self.gen
+            self.gen = new  # the switch: every Rank from here on uses the new generation
+            # events the old bundle ranked still learn from its (bundled) item embeddings
+            self._previous_catalogs = {old.catalog.model_version: old.catalog}
+            self.decider.use_scorers(new.scorers, new.scorer_problems)
+            self.metrics.observe_precision(new.precision_choice.served, new.precision_choice.check)
+            seconds = time.perf_counter() - t0
+            log.info("reload: %s", generation.describe_swap(old, new, seconds))
+            await old.close(self.config.server.grace_s)
+            return {
+                "model_version": new.bundle.model_version,
+                "previous_version": old.bundle.model_version,
+                "catalog_size": len(new.catalog),
+                "seconds": seconds,
+            }
+
+    # -------------------------------------------------------------------- catalog
+    async def add_items(self, items: list[tuple[str, str]]) -> dict[str, int]:
+        """Add items (id, text) to the catalog, durably, then apply every change the store
+        holds that this replica has not applied yet."""
+        bundled = self.gen.catalog.bundled
+        for i, (item_id, text) in enumerate(items):
+            validate_catalog_item(item_id, text, self.config.limits, f"items[{i}]")
+            if item_id in bundled:
+                raise AlreadyExistsError(
+                    f"items[{i}].item_id: {item_id!r} is in the bundle's catalog; "
+                    "a bundled item's text changes only with a new bundle (export, then reload)"
+                )
+        now = time.time()
+        changes = [CatalogChange("add", item_id, text, now) for item_id, text in items]
+        return await self._change_catalog(changes)
+
+    async def remove_items(self, item_ids: list[str]) -> dict[str, int]:
+        """Retire items: never ranked again (rewards of past events are still learned)."""
+        for i, item_id in enumerate(item_ids):
+            validate_catalog_item(item_id, "", self.config.limits, f"item_ids[{i}]")
+        now = time.time()
+        return await self._change_catalog([CatalogChange("remove", i, "", now) for i in item_ids])
+
+    async def _change_catalog(self, changes: list[CatalogChange]) -> dict[str, int]:
+        self._enter()
+        try:
+            if not self.store.supports_catalog_changes:
+                raise FailedPreconditionError(
+                    f"the {self.store.name!r} state store cannot keep catalog changes; "
+                    "use the sqlite or redis store"
+                )
+            if not changes:
+                raise InvalidArgumentError("items", "no items given")
+            await self.store.log_catalog_changes(changes)
+            await self.sync_catalog()
+            added = sum(c.kind == "add" for c in changes)
+            return {
+                "added": added,
+                "removed": len(changes) - added,
+                "catalog_size": len(self.gen.catalog),
+            }
+        finally:
+            self._leave()
+
+    async def sync_catalog(self) -> int:
+        """Apply the store's catalog changes this replica has not applied yet."""
+        async with self._catalog_lock:
+            gen = self.gen
+            changes = await self.store.catalog_changes(gen.catalog.seq)
+            if not changes:
+                return 0
+            applied = await generation.apply_changes(gen.embedder, changes)
+            log.info("catalog: %d changes applied, %d items rankable", applied, len(gen.catalog))
+            return applied
+
+    async def _catalog_sync_loop(self) -> None:
+        interval = self.config.state.sync_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            await self.sync_catalog()
 
     # --------------------------------------------------------------------- Reward
     async def reward(self, event_id: str, item_id: str, value: float) -> RewardOutput:
@@ -405,7 +508,7 @@ class Engine:
                 "max_queue_size": bc.max_queue_size,
                 "length_buckets": list(bc.length_buckets),
             },
-            "catalog_size": len(self.bundle.items),
+            "catalog_size": len(self.gen.catalog),
             "state_store": self.config.state.store,
             "version": __version__,
             **({"int8_gate": choice.check.as_info()} if choice.check is not None else {}),

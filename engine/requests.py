@@ -163,3 +163,11 @@ def request_fingerprint(req: RankInput, scorer: str, policy: str) -> str:
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def validate_catalog_item(item_id: str, text: str, limits: LimitsConfig, field: str) -> None:
+    """An item added to (or removed from) the catalog at run time: a valid id and, when
+    given, a text within the limits."""
+    _check_id(item_id, f"{field}.item_id" if text else field, limits, required=True)
+    if text:
+        _check_text(text, f"{field}.text", limits)

@@ -26,6 +26,7 @@ from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 log = logging.getLogger("explorank.server")
 
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+ADMIN_SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 T = TypeVar("T")
 
 
@@ -63,7 +64,7 @@ def rank_output_to_proto(out: RankOutput) -> ranker_pb2.RankResponse:
 
 
 class Malformed:
-    """A request body that could not be decoded (see :func:`add_ranker_service`)."""
+    """A request body that could not be decoded (see :func:`add_service`)."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
@@ -79,12 +80,12 @@ def _safe(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def add_ranker_service(servicer: RankerServicer, server: grpc.aio.Server) -> None:
-    """Register the Ranker service like the generated ``add_RankerServicer_to_server``, but
+def add_service(servicer: Any, server: grpc.aio.Server, name: str = "Ranker") -> None:
+    """Register an explorank service like the generated ``add_*Servicer_to_server``, but
     with request decoders that never raise: a malformed body reaches the handler as
     :class:`Malformed` and is answered INVALID_ARGUMENT (gRPC would answer UNKNOWN with the
     decoder's text and log a traceback per request)."""
-    service = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"]
+    service = ranker_pb2.DESCRIPTOR.services_by_name[name]
     handlers = {}
     for method in service.methods:
         request_cls = getattr(ranker_pb2, method.input_type.name)
@@ -99,10 +100,12 @@ def add_ranker_service(servicer: RankerServicer, server: grpc.aio.Server) -> Non
     )
 
 
-class RankerServicer(ranker_pb2_grpc.RankerServicer):
-    def __init__(self, engine: Engine) -> None:
+class _Servicer:
+    """What every explorank servicer shares: one error map, one way to log faults."""
+
+    def __init__(self, engine: Engine, log_once: OncePerKey | None = None) -> None:
         self.engine = engine
-        self._log_once = OncePerKey()
+        self._log_once = log_once or OncePerKey()
 
     async def _call(
         self,
@@ -151,6 +154,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             key = f"{type(exc).__name__} at {where}"
         self._log_once(key, f"{rpc} failed (error id {error_id}): {redact(str(exc))}", exc=exc)
 
+
+class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
+    """``explorank.v1.Ranker``: Rank, Reward, GetInfo."""
+
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
         if remaining is None:
@@ -194,6 +201,49 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         return await self._call("GetInfo", context, request, run)
 
 
+class AdminServicer(_Servicer, ranker_pb2_grpc.AdminServicer):
+    """``explorank.v1.Admin``: hot reload and catalog changes (the ``admin`` token scope)."""
+
+    async def Reload(
+        self, request: ranker_pb2.ReloadRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.ReloadResponse:
+        async def run() -> ranker_pb2.ReloadResponse:
+            out = await self.engine.reload(request.bundle or None)
+            return ranker_pb2.ReloadResponse(**out)
+
+        return await self._call("Reload", context, request, run)
+
+    async def AddItems(
+        self, request: ranker_pb2.AddItemsRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.CatalogChangeResponse:
+        async def run() -> ranker_pb2.CatalogChangeResponse:
+            items = [(i.item_id, i.text) for i in request.items]
+            return ranker_pb2.CatalogChangeResponse(**await self.engine.add_items(items))
+
+        return await self._call("AddItems", context, request, run)
+
+    async def RemoveItems(
+        self, request: ranker_pb2.RemoveItemsRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.CatalogChangeResponse:
+        async def run() -> ranker_pb2.CatalogChangeResponse:
+            out = await self.engine.remove_items(list(request.item_ids))
+            return ranker_pb2.CatalogChangeResponse(**out)
+
+        return await self._call("RemoveItems", context, request, run)
+
+
+def manifest_signature(bundle_dir: Any) -> tuple[str, int, int] | None:
+    """(resolved path, mtime, size) of a bundle's manifest, None when unreadable."""
+    from pathlib import Path
+
+    try:
+        path = (Path(bundle_dir) / "manifest.json").resolve()
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
 class Server:
     """Owns the grpc.aio server, the health servicer and the engine's lifecycle."""
 
@@ -213,11 +263,14 @@ class Server:
             ],
         )
         self.health = health.aio.HealthServicer()
-        add_ranker_service(RankerServicer(engine), self.grpc_server)
+        log_once = OncePerKey()
+        add_service(RankerServicer(engine, log_once), self.grpc_server, "Ranker")
+        add_service(AdminServicer(engine, log_once), self.grpc_server, "Admin")
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -229,6 +282,7 @@ class Server:
         self._stopping = False
         self._serving: bool | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     async def _set_health(self, status: Any) -> None:
         await self.health.set("", status)
@@ -257,6 +311,8 @@ class Server:
         await self.engine.start()
         await self._update_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="explorank-health")
+        if self.engine.config.model.watch:
+            self._watch_task = asyncio.create_task(self._watch_loop(), name="explorank-watch")
         info = self.engine.info()
         log.info(
             "SERVING %s (%s) on %s:%d backend=%s provider=%s precision=%s (%s) catalog=%d",
@@ -301,6 +357,24 @@ class Server:
             except Exception:  # never let the probe die: health would freeze
                 log.exception("health check failed")
 
+    async def _watch_loop(self) -> None:
+        """``model.watch``: reload when the bundle's manifest changes (followed through a
+        symlink). A refused bundle is not retried until its manifest changes again."""
+        mc = self.engine.config.model
+        assert mc.bundle is not None
+        seen = manifest_signature(mc.bundle)
+        while not self._stopping:
+            await asyncio.sleep(mc.watch_interval_s)
+            current = manifest_signature(mc.bundle)
+            if current == seen or current is None:
+                continue
+            seen = current
+            log.info("watch: the bundle at %s changed; reloading", mc.bundle)
+            try:
+                await self.engine.reload()
+            except Exception as exc:
+                log.error("watch: the new bundle was refused; still serving the old one: %s", exc)
+
     def _add_port(self, host: str, port: int) -> int:
         """Bind the gRPC port; a failure is a :class:`ConfigError` naming the setting."""
         credentials = self.security.credentials
@@ -327,8 +401,9 @@ class Server:
         grace = sc.grace_s if grace_s is None else grace_s
         # SIGTERM/SIGINT (no explicit grace) drains; a programmatic stop(grace) does not
         drain = sc.drain_s if grace_s is None else 0.0
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.engine.metrics.ready.set(0)
         if drain > 0 and self.engine.ready:

@@ -34,6 +34,7 @@ from explorank.plugins.errors import PluginError
 from explorank.plugins.params import PluginParams, validate_params
 from explorank.plugins.stats import PolicyStats, StatsDelta
 from explorank.plugins.store_api import (
+    CatalogChange,
     EventRecord,
     RewardRecord,
     StateStore,
@@ -41,6 +42,7 @@ from explorank.plugins.store_api import (
 )
 
 __all__ = [
+    "CatalogChange",
     "EventRecord",
     "PluginParams",
     "Policy",

@@ -19,7 +19,13 @@ from explorank.plugins.errors import PluginError
 from explorank.plugins.params import PluginParams, validate_params
 from explorank.plugins.stats import PolicyStats, StatsDelta
 
-__all__ = ["EventRecord", "RewardRecord", "StateStore", "StateUnavailableError"]
+__all__ = [
+    "CatalogChange",
+    "EventRecord",
+    "RewardRecord",
+    "StateStore",
+    "StateUnavailableError",
+]
 
 
 @dataclass
@@ -66,6 +72,22 @@ class RewardRecord:
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or not -1.0 <= self.value <= 1.0:
             raise ValueError(f"reward value must be finite and in [-1, 1], got {self.value!r}")
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """One change to the live catalog: ``kind`` is ``"add"`` (with the item's ``text``) or
+    ``"remove"``. ``seq`` is assigned by the store: changes are applied in ``seq`` order."""
+
+    kind: str
+    item_id: str
+    text: str = ""
+    created_at: float = 0.0
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("add", "remove"):
+            raise ValueError(f"catalog change kind must be 'add' or 'remove', got {self.kind!r}")
 
 
 class StateStore(ABC):
@@ -145,6 +167,19 @@ class StateStore(ABC):
 
     async def mark_events_closed(self, event_ids: Sequence[str]) -> None:  # noqa: B027
         """Remember that these events' reward windows were closed (idempotent)."""
+
+    #: True when the store implements ``log_catalog_changes`` / ``catalog_changes`` (needed
+    #: for adding and retiring catalog items at run time).
+    supports_catalog_changes: ClassVar[bool] = False
+
+    async def log_catalog_changes(self, changes: Sequence[CatalogChange]) -> int:
+        """Append ``changes`` durably, in order, assigning each the next sequence number;
+        return the last one. Raises :class:`StateUnavailableError` when not durable."""
+        raise NotImplementedError(f"the {self.name} store keeps no catalog changes")
+
+    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
+        """Every change with a sequence number above ``after_seq``, in order."""
+        return []
 
 
 class StateUnavailableError(PluginError, UnavailableError):

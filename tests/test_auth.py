@@ -138,6 +138,9 @@ def test_every_explorank_method_is_in_the_scope_table() -> None:
     assert METHOD_SCOPES["/explorank.v1.Ranker/Reward"] == "reward"
     assert METHOD_SCOPES["/explorank.v1.Ranker/Rank"] == "rank"
     assert METHOD_SCOPES["/explorank.v1.Ranker/GetInfo"] == "rank"
+    admin = {m for m in methods if m.startswith("/explorank.v1.Admin/")}
+    assert admin == {f"/explorank.v1.Admin/{n}" for n in ("Reload", "AddItems", "RemoveItems")}
+    assert {METHOD_SCOPES[m] for m in admin} == {"admin"}
     assert not any(s.startswith("explorank.") for s in OPEN_SERVICES)
 
 
@@ -148,6 +151,7 @@ def test_authorize_decisions() -> None:
     assert auth.authorize(rank, _md(RANK)) is None
     assert auth.authorize(reward, _md(REWARD)) is None
     assert auth.authorize(rank, (("authorization", f"bearer  {RANK} "),)) is None
+    assert auth.authorize("/explorank.v1.Admin/AddItems", _md(ADMIN)) is None
     cases: list[tuple[str, Any, grpc.StatusCode, str]] = [
         (rank, (), unauth, "missing bearer token"),
         (rank, (("x-other", "1"),), unauth, "missing bearer token"),
@@ -159,7 +163,9 @@ def test_authorize_decisions() -> None:
         (reward, _md(RANK), denied, "lacks the 'reward' scope"),
         (rank, _md(ADMIN), denied, "lacks the 'rank' scope"),
         ("/explorank.v1.Ranker/DropAll", _md(ADMIN), denied, "open to no token"),
-        ("/explorank.v1.Admin/Reload", _md(REWARD), denied, "open to no token"),
+        ("/explorank.v1.Admin/Reload", _md(REWARD), denied, "lacks the 'admin' scope"),
+        ("/explorank.v1.Admin/Reload", _md(RANK), denied, "lacks the 'admin' scope"),
+        ("/explorank.v1.Admin/Purge", _md(ADMIN), denied, "open to no token"),
     ]
     for method, md, code, text in cases:
         denial = auth.authorize(method, md)

@@ -341,7 +341,7 @@ def test_scoring_heads_get_real_onnxruntime_providers(srv: ThreadServer) -> None
     know: heads must get ORT provider names (CPU here, CUDA EP on a GPU)."""
     import onnxruntime as ort
 
-    from explorank.engine.pipeline import head_providers
+    from explorank.engine.generation import head_providers
 
     assert head_providers(srv.engine.backend) == ("CPUExecutionProvider",)
 

@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rank": ("explorank.cli.rank", "call Rank on a running server"),
     "reward": ("explorank.cli.reward", "call Reward on a running server"),
     "info": ("explorank.cli.info", "call GetInfo on a running server"),
+    "reload": ("explorank.cli.reload", "hot-reload a bundle on a running server (admin)"),
+    "catalog": (
+        "explorank.cli.catalog",
+        "add or retire catalog items on a running server (admin)",
+    ),
     "export": (
         "explorank.cli.export",
         "export an encoder + heads + catalog to a verified bundle",

@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip bundle checksum verification (paths are still confined to the bundle)",
     )
     p.add_argument(
+        "--watch",
+        action="store_true",
+        help="hot-reload the bundle when its manifest changes (point --bundle at a symlink)",
+    )
+    p.add_argument(
         "--trusted-key",
         type=Path,
         action="append",
@@ -110,6 +115,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("model", "bundle", str(args.bundle) if args.bundle else None)
     if args.no_verify:
         put("model", "verify_checksums", False)
+    if getattr(args, "watch", False):
+        put("model", "watch", True)
     if args.trusted_key:
         put("model", "trusted_keys", [str(k) for k in args.trusted_key])
     put("backend", "backend", args.backend)

@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from pydantic import Field, field_validator
 from explorank import hookimpl
 from explorank.errors import ConfigError, InvalidArgumentError, redact
 from explorank.plugins.api import (
+    CatalogChange,
     EventRecord,
     PluginParams,
     PolicyStats,
@@ -79,6 +80,7 @@ class RedisStore(StateStore):
     name = "redis"
     description = "Redis (shared by several replicas): atomic Lua merges, batched array deltas"
     shared = True
+    supports_catalog_changes = True
 
     class Options(PluginParams):
         url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// or unix://")
@@ -413,6 +415,28 @@ class RedisStore(StateStore):
                     return  # someone else compacted meanwhile
         except StateUnavailableError as exc:
             log.warning("array compaction skipped: %s", exc)
+
+    # ------------------------------------------------------------------ catalog
+    async def log_catalog_changes(self, changes: Sequence[CatalogChange]) -> int:
+        """RPUSH onto one list: the list position is the sequence number."""
+        batch = list(changes)
+        if not batch:
+            return 0
+        payloads = [
+            json.dumps({"kind": c.kind, "item_id": c.item_id, "text": c.text, "at": c.created_at})
+            for c in batch
+        ]
+        async with self.guard("log_catalog_changes"):
+            return int(await self._client.rpush(self.key("catalog", "changes"), *payloads))
+
+    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
+        async with self.guard("catalog_changes"):
+            rows = await self._client.lrange(self.key("catalog", "changes"), int(after_seq), -1)
+        out = []
+        for i, raw in enumerate(rows, start=int(after_seq) + 1):
+            obj = json.loads(raw)
+            out.append(CatalogChange(obj["kind"], obj["item_id"], obj["text"], obj["at"], i))
+        return out
 
     # ------------------------------------------------------- export, retention
     async def export_events(self, path: Path, fmt: str = "jsonl") -> int:

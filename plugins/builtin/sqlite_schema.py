@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from explorank.errors import InvalidArgumentError
-from explorank.plugins.api import EventRecord, PolicyStats, RewardRecord, StatsDelta
+from explorank.plugins.api import (
+    CatalogChange,
+    EventRecord,
+    PolicyStats,
+    RewardRecord,
+    StatsDelta,
+)
 from explorank.plugins.builtin import _records
 from explorank.plugins.errors import PluginError
 
@@ -61,6 +67,13 @@ CREATE TABLE IF NOT EXISTS closed_events (
 CREATE TABLE IF NOT EXISTS policy_versions (
     policy  TEXT PRIMARY KEY,
     version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL CHECK (kind IN ('add', 'remove')),
+    item_id    TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    created_at REAL NOT NULL
 );
 """
 StatKey = tuple[str, str, str]  # (policy, kind, key)
@@ -212,7 +225,31 @@ def mark_events_closed(conn: sqlite3.Connection, event_ids: Sequence[str]) -> No
     )
 
 
+def log_catalog_changes(conn: sqlite3.Connection, changes: Sequence[CatalogChange]) -> int:
+    """Append ``changes`` in order; the last sequence number."""
+    last = 0
+    for c in changes:
+        cur = conn.execute(
+            "INSERT INTO catalog_changes (kind, item_id, text, created_at) VALUES (?,?,?,?)",
+            (c.kind, c.item_id, c.text, float(c.created_at)),
+        )
+        last = int(cur.lastrowid or 0)
+    return last
+
+
 # ------------------------------------------------------------------------- reads
+
+
+def catalog_changes(conn: sqlite3.Connection, after_seq: int) -> list[CatalogChange]:
+    rows = conn.execute(
+        "SELECT seq, kind, item_id, text, created_at FROM catalog_changes WHERE seq > ? "
+        "ORDER BY seq",
+        (int(after_seq),),
+    ).fetchall()
+    return [
+        CatalogChange(kind, item_id, text, created_at, seq)
+        for seq, kind, item_id, text, created_at in rows
+    ]
 
 
 def read_event(conn: sqlite3.Connection, event_id: str) -> EventRecord | None:

@@ -35,6 +35,7 @@ from explorank import hookimpl
 from explorank.errors import InvalidArgumentError
 from explorank.paths import default_state_db
 from explorank.plugins.api import (
+    CatalogChange,
     EventRecord,
     PluginParams,
     PolicyStats,
@@ -59,6 +60,7 @@ class SqliteStore(StateStore):
     description = "embedded SQLite file (WAL, synchronous=FULL, group commit); one replica"
     shared = False
     supports_window_close = True
+    supports_catalog_changes = True
 
     class Options(PluginParams):
         path: Path | None = Field(
@@ -190,6 +192,15 @@ class SqliteStore(StateStore):
         if event_ids:
             ids = list(event_ids)
             await self._submit(lambda conn, tx: sql.mark_events_closed(conn, ids))
+
+    async def log_catalog_changes(self, changes: Sequence[CatalogChange]) -> int:
+        batch = list(changes)
+        return int(
+            await self._submit(lambda conn, tx: sql.log_catalog_changes(conn, batch), durable=True)
+        )
+
+    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
+        return await self._read(lambda conn: sql.catalog_changes(conn, after_seq))
 
     async def _submit(
         self, fn: Callable[[sqlite3.Connection, StatsTx], T], *, durable: bool = False

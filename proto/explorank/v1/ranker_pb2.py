@@ -24,35 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xplorank/v1/ranker.proto\x12\x0c\x65xplorank.v1\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd2\x01\n\x0bRankRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_text\x18\x03 \x01(\t\x12\x18\n\x10history_item_ids\x18\x04 \x03(\t\x12+\n\ncandidates\x18\x05 \x03(\x0b\x32\x17.explorank.v1.Candidate\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x0e\n\x06scorer\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x14\n\x0cinclude_text\x18\t \x01(\x08\"`\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x04 \x01(\x08\x12\x0c\n\x04text\x18\x05 \x01(\t\"\x80\x01\n\x0cRankResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.explorank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06scorer\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\"A\n\rRewardRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"5\n\x0eRewardResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x10\n\x0eGetInfoRequest\"r\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x16\n\x0elength_buckets\x18\x04 \x03(\r\"\xe7\x03\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0f\n\x07scorers\x18\x08 \x03(\t\x12\x10\n\x08policies\x18\t \x03(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_scorer\x18\n \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_policy\x18\x0b \x01(\t\x12,\n\x08\x62\x61tching\x18\x0c \x01(\x0b\x32\x1a.explorank.v1.BatchingInfo\x12\x14\n\x0c\x63\x61talog_size\x18\r \x01(\r\x12\x13\n\x0bstate_store\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\x12\x18\n\x10precision_reason\x18\x10 \x01(\t\x12)\n\tint8_gate\x18\x11 \x01(\x0b\x32\x16.explorank.v1.Int8Gate\x12\x38\n\x13unavailable_plugins\x18\x12 \x03(\x0b\x32\x1b.explorank.v1.PluginProblem\":\n\rPluginProblem\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xc0\x01\n\x08Int8Gate\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x12\n\nmin_cosine\x18\x02 \x01(\x01\x12\x15\n\rtop10_overlap\x18\x03 \x01(\x01\x12\x1b\n\x13min_cosine_required\x18\x04 \x01(\x01\x12\x1e\n\x16top10_overlap_required\x18\x05 \x01(\x01\x12\r\n\x05texts\x18\x06 \x01(\r\x12\x18\n\x10\x63pu_int8_kernels\x18\x07 \x01(\t\x12\x13\n\x0bint8_config\x18\x08 \x01(\t2\xd4\x01\n\x06Ranker\x12=\n\x04Rank\x12\x19.explorank.v1.RankRequest\x1a\x1a.explorank.v1.RankResponse\x12\x43\n\x06Reward\x12\x1b.explorank.v1.RewardRequest\x1a\x1c.explorank.v1.RewardResponse\x12\x46\n\x07GetInfo\x12\x1c.explorank.v1.GetInfoRequest\x1a\x1d.explorank.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xplorank/v1/ranker.proto\x12\x0c\x65xplorank.v1\"\x1f\n\rReloadRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\"h\n\x0eReloadResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61talog_size\x18\x03 \x01(\r\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\",\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\";\n\x0f\x41\x64\x64ItemsRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.explorank.v1.CatalogItem\"&\n\x12RemoveItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"M\n\x15\x43\x61talogChangeResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\r\x12\x0f\n\x07removed\x18\x02 \x01(\r\x12\x14\n\x0c\x63\x61talog_size\x18\x03 \x01(\r\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd2\x01\n\x0bRankRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_text\x18\x03 \x01(\t\x12\x18\n\x10history_item_ids\x18\x04 \x03(\t\x12+\n\ncandidates\x18\x05 \x03(\x0b\x32\x17.explorank.v1.Candidate\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x0e\n\x06scorer\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x14\n\x0cinclude_text\x18\t \x01(\x08\"`\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x04 \x01(\x08\x12\x0c\n\x04text\x18\x05 \x01(\t\"\x80\x01\n\x0cRankResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.explorank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06scorer\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\"A\n\rRewardRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"5\n\x0eRewardResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x10\n\x0eGetInfoRequest\"r\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x16\n\x0elength_buckets\x18\x04 \x03(\r\"\xe7\x03\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0f\n\x07scorers\x18\x08 \x03(\t\x12\x10\n\x08policies\x18\t \x03(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_scorer\x18\n \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_policy\x18\x0b \x01(\t\x12,\n\x08\x62\x61tching\x18\x0c \x01(\x0b\x32\x1a.explorank.v1.BatchingInfo\x12\x14\n\x0c\x63\x61talog_size\x18\r \x01(\r\x12\x13\n\x0bstate_store\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\x12\x18\n\x10precision_reason\x18\x10 \x01(\t\x12)\n\tint8_gate\x18\x11 \x01(\x0b\x32\x16.explorank.v1.Int8Gate\x12\x38\n\x13unavailable_plugins\x18\x12 \x03(\x0b\x32\x1b.explorank.v1.PluginProblem\":\n\rPluginProblem\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xc0\x01\n\x08Int8Gate\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x12\n\nmin_cosine\x18\x02 \x01(\x01\x12\x15\n\rtop10_overlap\x18\x03 \x01(\x01\x12\x1b\n\x13min_cosine_required\x18\x04 \x01(\x01\x12\x1e\n\x16top10_overlap_required\x18\x05 \x01(\x01\x12\r\n\x05texts\x18\x06 \x01(\r\x12\x18\n\x10\x63pu_int8_kernels\x18\x07 \x01(\t\x12\x13\n\x0bint8_config\x18\x08 \x01(\t2\xd4\x01\n\x06Ranker\x12=\n\x04Rank\x12\x19.explorank.v1.RankRequest\x1a\x1a.explorank.v1.RankResponse\x12\x43\n\x06Reward\x12\x1b.explorank.v1.RewardRequest\x1a\x1c.explorank.v1.RewardResponse\x12\x46\n\x07GetInfo\x12\x1c.explorank.v1.GetInfoRequest\x1a\x1d.explorank.v1.GetInfoResponse2\xf2\x01\n\x05\x41\x64min\x12\x43\n\x06Reload\x12\x1b.explorank.v1.ReloadRequest\x1a\x1c.explorank.v1.ReloadResponse\x12N\n\x08\x41\x64\x64Items\x12\x1d.explorank.v1.AddItemsRequest\x1a#.explorank.v1.CatalogChangeResponse\x12T\n\x0bRemoveItems\x12 .explorank.v1.RemoveItemsRequest\x1a#.explorank.v1.CatalogChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'explorank.v1.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANDIDATE']._serialized_start=43
-  _globals['_CANDIDATE']._serialized_end=85
-  _globals['_RANKREQUEST']._serialized_start=88
-  _globals['_RANKREQUEST']._serialized_end=298
-  _globals['_RANKEDITEM']._serialized_start=300
-  _globals['_RANKEDITEM']._serialized_end=396
-  _globals['_RANKRESPONSE']._serialized_start=399
-  _globals['_RANKRESPONSE']._serialized_end=527
-  _globals['_REWARDREQUEST']._serialized_start=529
-  _globals['_REWARDREQUEST']._serialized_end=594
-  _globals['_REWARDRESPONSE']._serialized_start=596
-  _globals['_REWARDRESPONSE']._serialized_end=649
-  _globals['_GETINFOREQUEST']._serialized_start=651
-  _globals['_GETINFOREQUEST']._serialized_end=667
-  _globals['_BATCHINGINFO']._serialized_start=669
-  _globals['_BATCHINGINFO']._serialized_end=783
-  _globals['_GETINFORESPONSE']._serialized_start=786
-  _globals['_GETINFORESPONSE']._serialized_end=1273
-  _globals['_PLUGINPROBLEM']._serialized_start=1275
-  _globals['_PLUGINPROBLEM']._serialized_end=1333
-  _globals['_INT8GATE']._serialized_start=1336
-  _globals['_INT8GATE']._serialized_end=1528
-  _globals['_RANKER']._serialized_start=1531
-  _globals['_RANKER']._serialized_end=1743
+  _globals['_RELOADREQUEST']._serialized_start=43
+  _globals['_RELOADREQUEST']._serialized_end=74
+  _globals['_RELOADRESPONSE']._serialized_start=76
+  _globals['_RELOADRESPONSE']._serialized_end=180
+  _globals['_CATALOGITEM']._serialized_start=182
+  _globals['_CATALOGITEM']._serialized_end=226
+  _globals['_ADDITEMSREQUEST']._serialized_start=228
+  _globals['_ADDITEMSREQUEST']._serialized_end=287
+  _globals['_REMOVEITEMSREQUEST']._serialized_start=289
+  _globals['_REMOVEITEMSREQUEST']._serialized_end=327
+  _globals['_CATALOGCHANGERESPONSE']._serialized_start=329
+  _globals['_CATALOGCHANGERESPONSE']._serialized_end=406
+  _globals['_CANDIDATE']._serialized_start=408
+  _globals['_CANDIDATE']._serialized_end=450
+  _globals['_RANKREQUEST']._serialized_start=453
+  _globals['_RANKREQUEST']._serialized_end=663
+  _globals['_RANKEDITEM']._serialized_start=665
+  _globals['_RANKEDITEM']._serialized_end=761
+  _globals['_RANKRESPONSE']._serialized_start=764
+  _globals['_RANKRESPONSE']._serialized_end=892
+  _globals['_REWARDREQUEST']._serialized_start=894
+  _globals['_REWARDREQUEST']._serialized_end=959
+  _globals['_REWARDRESPONSE']._serialized_start=961
+  _globals['_REWARDRESPONSE']._serialized_end=1014
+  _globals['_GETINFOREQUEST']._serialized_start=1016
+  _globals['_GETINFOREQUEST']._serialized_end=1032
+  _globals['_BATCHINGINFO']._serialized_start=1034
+  _globals['_BATCHINGINFO']._serialized_end=1148
+  _globals['_GETINFORESPONSE']._serialized_start=1151
+  _globals['_GETINFORESPONSE']._serialized_end=1638
+  _globals['_PLUGINPROBLEM']._serialized_start=1640
+  _globals['_PLUGINPROBLEM']._serialized_end=1698
+  _globals['_INT8GATE']._serialized_start=1701
+  _globals['_INT8GATE']._serialized_end=1893
+  _globals['_RANKER']._serialized_start=1896
+  _globals['_RANKER']._serialized_end=2108
+  _globals['_ADMIN']._serialized_start=2111
+  _globals['_ADMIN']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

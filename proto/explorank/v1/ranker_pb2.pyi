@@ -6,6 +6,54 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReloadRequest(_message.Message):
+    __slots__ = ("bundle",)
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    def __init__(self, bundle: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("model_version", "previous_version", "catalog_size", "seconds")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    previous_version: str
+    catalog_size: int
+    seconds: float
+    def __init__(self, model_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., catalog_size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class CatalogItem(_message.Message):
+    __slots__ = ("item_id", "text")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class AddItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogItem, _Mapping]]] = ...) -> None: ...
+
+class RemoveItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CatalogChangeResponse(_message.Message):
+    __slots__ = ("added", "removed", "catalog_size")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    removed: int
+    catalog_size: int
+    def __init__(self, added: _Optional[int] = ..., removed: _Optional[int] = ..., catalog_size: _Optional[int] = ...) -> None: ...
+
 class Candidate(_message.Message):
     __slots__ = ("item_id", "text")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]

@@ -192,3 +192,175 @@ class Ranker:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operations on a running server. Every method needs the "admin" token scope when
+    tokens are on.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reload = channel.unary_unary(
+                '/explorank.v1.Admin/Reload',
+                request_serializer=explorank_dot_v1_dot_ranker__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=explorank_dot_v1_dot_ranker__pb2.ReloadResponse.FromString,
+                _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/explorank.v1.Admin/AddItems',
+                request_serializer=explorank_dot_v1_dot_ranker__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.FromString,
+                _registered_method=True)
+        self.RemoveItems = channel.unary_unary(
+                '/explorank.v1.Admin/RemoveItems',
+                request_serializer=explorank_dot_v1_dot_ranker__pb2.RemoveItemsRequest.SerializeToString,
+                response_deserializer=explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operations on a running server. Every method needs the "admin" token scope when
+    tokens are on.
+    """
+
+    def Reload(self, request, context):
+        """Load, verify and warm up a new bundle next to the serving one, switch to it
+        atomically and drain the old one. A bundle that fails verification is refused
+        (INVALID_ARGUMENT / FAILED_PRECONDITION naming the file) and the old one keeps
+        serving. Concurrent reloads: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddItems(self, request, context):
+        """Add items to the catalog (encoded by the serving encoder) or replace the text of
+        added ones; they are rankable at once, survive a restart and reach every replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveItems(self, request, context):
+        """Retire items: they are never returned again (rewards for events that showed them
+        are still accepted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=explorank_dot_v1_dot_ranker__pb2.ReloadRequest.FromString,
+                    response_serializer=explorank_dot_v1_dot_ranker__pb2.ReloadResponse.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=explorank_dot_v1_dot_ranker__pb2.AddItemsRequest.FromString,
+                    response_serializer=explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.SerializeToString,
+            ),
+            'RemoveItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveItems,
+                    request_deserializer=explorank_dot_v1_dot_ranker__pb2.RemoveItemsRequest.FromString,
+                    response_serializer=explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'explorank.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('explorank.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operations on a running server. Every method needs the "admin" token scope when
+    tokens are on.
+    """
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explorank.v1.Admin/Reload',
+            explorank_dot_v1_dot_ranker__pb2.ReloadRequest.SerializeToString,
+            explorank_dot_v1_dot_ranker__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explorank.v1.Admin/AddItems',
+            explorank_dot_v1_dot_ranker__pb2.AddItemsRequest.SerializeToString,
+            explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explorank.v1.Admin/RemoveItems',
+            explorank_dot_v1_dot_ranker__pb2.RemoveItemsRequest.SerializeToString,
+            explorank_dot_v1_dot_ranker__pb2.CatalogChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
