@@ -203,6 +203,10 @@ def serve_markdown(report: dict[str, Any], command: str = "") -> str:
         f"{'unique contexts (user cache defeated)' if load.get('unique_contexts') else 'repeated contexts (cache-friendly)'}",
         f"- duration per point {load.get('duration_s')} s, request cap {load.get('max_requests')}",
         "",
+    ]
+    if "sweep" not in report.get("config", {}).get("scenarios", ["sweep"]):
+        return "\n".join(lines + _scenario_sections(report))
+    lines += [
         "## Headline",
         "",
         f"- explorank vs torch peer throughput at concurrency {h.get('concurrency')}: "
@@ -254,17 +258,39 @@ def serve_markdown(report: dict[str, Any], command: str = "") -> str:
             ],
         )
     )
-    if report.get("failed"):
-        lines += ["", "## Failed targets", ""]
-        lines += [f"- `{s['target']}`: {s['reason']}" for s in report["failed"]]
-    if report.get("skipped"):
-        lines += ["", "## Skipped targets", ""]
-        lines += [f"- `{s['target']}`: {s['reason']}" for s in report["skipped"]]
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _scenario_sections(report))
+
+
+def _scenario_sections(report: dict[str, Any]) -> list[str]:
+    """The overload and soak sections, then failed and skipped targets."""
+    from explorank.benchmarks.latency.report_load import overload_markdown, soak_markdown
+
+    lines: list[str] = []
+    if report.get("overload"):
+        lines += overload_markdown(report["overload"])
+    if report.get("soak"):
+        lines += soak_markdown(report["soak"])
+    if report.get("failed"):
+        lines += ["## Failed targets", ""]
+        lines += [f"- `{s['target']}`: {s['reason']}" for s in report["failed"]] + [""]
+    if report.get("skipped"):
+        lines += ["## Skipped targets", ""]
+        lines += [f"- `{s['target']}`: {s['reason']}" for s in report["skipped"]] + [""]
+    return lines
 
 
 def _serve_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    from explorank.benchmarks.latency.report_load import overload_plot, soak_plot
+
+    extra = [overload_plot(report["overload"], out)] if report.get("overload") else []
+    extra += [soak_plot(report["soak"], out)] if report.get("soak") else []
+    if "sweep" not in report.get("config", {}).get("scenarios", ["sweep"]):
+        return extra
+    return _sweep_plots(report, out) + extra
+
+
+def _sweep_plots(report: dict[str, Any], out: Path) -> list[Path]:
     plt = _plt()
     rows = report.get("rows", [])
     targets = list(dict.fromkeys(r["target"] for r in rows))

@@ -11,6 +11,12 @@ model in PyTorch per request, what a user would otherwise write). All get the sa
 client, the same request sequence and the same load points. Open-loop rates, unless
 given, are 50% and 80% of the first target's best closed-loop throughput, and are then
 the same for every target.
+
+That sweep is the ``sweep`` scenario (the default). ``scenarios`` may also name
+``overload`` (:mod:`.overload`: 3x the measured capacity with 1 s client deadlines, then
+back to half of it) and ``soak`` (:mod:`.soak`: half of the capacity for a long time while
+the server's RSS is sampled); each runs on an explorank server of its own, after the sweep,
+and adds a section of that name to the report.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from explorank.benchmarks.latency.encoder_bench import (
     percentiles,
 )
 from explorank.benchmarks.latency.headlines import serve_headline
+from explorank.benchmarks.latency.overload import run_overload
 from explorank.benchmarks.latency.serve_load import (
     LoadResult,
     RequestFactory,
@@ -50,12 +57,15 @@ from explorank.benchmarks.latency.serve_procs import (
     scrape_metrics,
     window_stats,
 )
+from explorank.benchmarks.latency.soak import run_soak
 from explorank.errors import ExplorankError, InvalidArgumentError
 
 __all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
 
 TARGETS = ("explorank", "explorank-nobatch", "torch-peer")
+SCENARIOS = ("sweep", "overload", "soak")
 DEFAULT_BUCKETS = (16, 32, 64, 128)
+SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak}
 
 
 @dataclass
@@ -79,12 +89,32 @@ class ServeBenchConfig:
     seed: int = 0
     startup_timeout_s: float = 180.0
     quick: bool = False
+    # The overload and soak scenarios (modules overload and soak), on the explorank target.
+    scenarios: list[str] = field(default_factory=lambda: ["sweep"])
+    overload_factor: float = 3.0
+    recovery_factor: float = 0.5
+    deadline_s: float = 1.0
+    max_queue_wait_ms: float | None = None
+    capacity_rps: float | None = None  # None: measured (closed loop, capacity_clients)
+    capacity_clients: int = 16
+    capacity_s: float = 5.0
+    single_s: float = 5.0
+    soak_s: float = 600.0
+    soak_fraction: float = 0.5
+    server_args: list[str] = field(default_factory=list)  # more `explorank serve` arguments
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> ServeBenchConfig:
-        """Three short points per loop type per target: about 2-3 minutes on 2 cores."""
+        """Three short points per loop type per target: about 2-3 minutes on 2 cores;
+        overload 3 x 3 s phases, soak 10 s."""
         base: dict[str, Any] = dict(
-            concurrency=[1, 4, 16], duration_s=3.0, warmup_s=1.5, quick=True
+            concurrency=[1, 4, 16],
+            duration_s=3.0,
+            warmup_s=1.5,
+            quick=True,
+            capacity_s=2.0,
+            single_s=2.0,
+            soak_s=10.0,
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -115,6 +145,20 @@ class ServeBenchConfig:
             )
         if self.address is not None:
             check_loopback(self.address)
+        bad = [s for s in self.scenarios if s not in SCENARIOS]
+        if bad or not self.scenarios:
+            raise InvalidArgumentError(
+                "--scenario", f"unknown {bad or 'empty list'}; choose from {','.join(SCENARIOS)}"
+            )
+        for flag, value, low in (
+            ("--overload-factor", self.overload_factor, 0.0),
+            ("--deadline-s", self.deadline_s, 0.0),
+            ("--capacity", self.capacity_rps, 0.0),
+            ("--soak-s", self.soak_s, 0.0),
+            ("--max-queue-wait-ms", self.max_queue_wait_ms, -1e-9),
+        ):
+            if value is not None and not value > low:
+                raise InvalidArgumentError(flag, f"must be > {max(low, 0):g}, got {value}")
 
 
 def _progress(msg: str) -> None:
@@ -293,13 +337,19 @@ def run_serve_bench(
     profile = load_profile(factory, tokenizer)
     enc_seq = _bucket(int(round(profile["p50"])), bundle.max_seq_length)
     enc_ms: float | None = None
+    sweep = "sweep" in config.scenarios
     try:
-        enc_ms = encoder_batch1_ms(bundle, tokenizer, enc_seq, config.threads)
-        progress(f"encoder batch 1 x seq {enc_seq} (median request, bucketed): p50 {enc_ms:.2f} ms")
+        if sweep:
+            enc_ms = encoder_batch1_ms(bundle, tokenizer, enc_seq, config.threads)
+            progress(
+                f"encoder batch 1 x seq {enc_seq} (median request, bucketed): p50 {enc_ms:.2f} ms"
+            )
     except ExplorankError as exc:
         progress(f"could not measure the encoder's batch-1 latency: {exc}")
 
     targets = ["explorank"] if config.address else list(config.targets)
+    targets = targets if sweep else []
+    sections: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     failed: list[dict[str, str]] = []
@@ -385,6 +435,17 @@ def run_serve_bench(
             except ExplorankError as exc:
                 failed.append({"target": name, "reason": str(exc).splitlines()[0]})
                 progress(f"{name} failed: {exc}")
+        for scenario in ("overload", "soak"):
+            if scenario in config.scenarios:
+                try:
+                    sections[scenario] = SCENARIO_RUNNERS[scenario](
+                        config, bundle.path, factory, work, progress
+                    )
+                except ExplorankError as exc:
+                    failed.append(
+                        {"target": f"explorank-{scenario}", "reason": str(exc).splitlines()[0]}
+                    )
+                    progress(f"{scenario} failed: {exc}")
     finally:
         if logs_dir is not None:
             logs_dir.mkdir(parents=True, exist_ok=True)
@@ -408,5 +469,6 @@ def run_serve_bench(
         "failed": failed,
         "rows": rows,
         "headline": serve_headline(rows, config.concurrency, enc_ms, enc_seq),
+        **sections,
         "elapsed_s": time.perf_counter() - t_start,
     }

@@ -27,6 +27,7 @@ __all__ = [
     "ManagedServer",
     "check_loopback",
     "explorank_command",
+    "explorank_server",
     "free_port",
     "parse_metrics",
     "peer_command",
@@ -87,6 +88,23 @@ def explorank_command(
     return cmd + list(extra)
 
 
+def explorank_server(
+    bundle: Path,
+    workdir: Path,
+    name: str,
+    *,
+    threads: int | None = None,
+    extra: Sequence[str] = (),
+) -> ManagedServer:
+    """An ``explorank serve`` target with default settings (plus ``extra`` arguments) on a
+    free loopback port, its /metrics on another."""
+    port_file = workdir / f"{name}.port"
+    mport = free_port()
+    args = (["--threads", str(threads)] if threads else []) + list(extra)
+    cmd = explorank_command(bundle, workdir, name, port_file, mport, extra=args)
+    return ManagedServer(name, cmd, workdir, port_file, metrics_port=mport)
+
+
 def peer_command(
     bundle: Path, model_dir: Path, port_file: Path, threads: int | None = None
 ) -> list[str]:
@@ -131,6 +149,11 @@ class ManagedServer:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (the command starts Python directly)."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     @property
     def metrics_url(self) -> str | None:

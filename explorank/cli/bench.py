@@ -43,6 +43,12 @@ _SERVE_FLAGS = (
     "repeat_contexts",
     "reward_fraction",
     "threads",
+    "scenario",
+    "overload_factor",
+    "deadline_s",
+    "max_queue_wait_ms",
+    "capacity",
+    "soak_s",
     "out",
     "quick",
 )
@@ -158,6 +164,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     srv.add_argument("--threads", type=int, help="server encoder threads (default: CPUs available)")
     srv.add_argument(
+        "--scenario",
+        help="comma list from sweep (the closed/open-loop sweep over the targets), overload, "
+        "soak (default: sweep; overload and soak run on the explorank target)",
+    )
+    srv.add_argument(
+        "--overload-factor",
+        type=float,
+        help="overload: offered load as a multiple of the measured capacity (default 3)",
+    )
+    srv.add_argument(
+        "--deadline-s",
+        type=float,
+        help="overload: client deadline of every request in the phases, seconds (default 1)",
+    )
+    srv.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        help="overload: start the server with batching.max_queue_wait_ms = this "
+        "(reported as not supported when the server does not know the setting)",
+    )
+    srv.add_argument(
+        "--capacity",
+        type=float,
+        help="overload/soak: use this capacity in req/s instead of measuring it",
+    )
+    srv.add_argument(
+        "--soak-s",
+        type=float,
+        help="run the soak scenario for this many seconds at 50%% of capacity, sampling the "
+        "server's RSS (default 600 when --scenario names soak; quick 10)",
+    )
+    srv.add_argument(
         "--out", type=Path, default=Path("explorank-bench/serve"), help="report directory"
     )
     srv.add_argument(
@@ -229,6 +267,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         reward_fraction=args.reward_fraction,
         threads=args.threads,
         unique_contexts=False if args.repeat_contexts else None,
+        scenarios=_scenarios(args),
+        overload_factor=args.overload_factor,
+        deadline_s=args.deadline_s,
+        max_queue_wait_ms=args.max_queue_wait_ms,
+        capacity_rps=args.capacity,
+        soak_s=args.soak_s,
     )
     if args.quick:
         config = ServeBenchConfig.quick_defaults(**given)
@@ -238,18 +282,42 @@ def _run_serve(args: argparse.Namespace) -> int:
     command = _command_line(args, "serve", _SERVE_FLAGS)
     paths = write_serve_report(report, args.out, command)
     h = report["headline"]
-    _say(
-        f"at concurrency {h['concurrency']}: explorank vs torch peer {_x(h['explorank_vs_peer_throughput'])}, "
-        f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
-    )
+    if "sweep" in config.scenarios:
+        _say(
+            f"at concurrency {h['concurrency']}: explorank vs torch peer {_x(h['explorank_vs_peer_throughput'])}, "
+            f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
+        )
+    if report.get("overload"):
+        g = report["overload"]["goals"]
+        _say(
+            f"overload: admitted p99 {_x(g['overload_admitted_p99_ms'], ' ms')} "
+            f"(2 x single p99 + max_queue_wait: {_x(g['p99_bound_ms'], ' ms')}), goodput "
+            f"{_x(g['goodput_pct_of_capacity'], '%')} of capacity, recovery p99 "
+            f"{_x(g['recovery_p99_ms'], ' ms')}"
+        )
+    if report.get("soak"):
+        r = report["soak"]["rss"]
+        _say(
+            f"soak: RSS {_x(r['rss_after_warmup_mb'], ' MB')} after warm-up -> "
+            f"{_x(r['rss_end_mb'], ' MB')} at the end ({_x(r['growth_pct'], '%')})"
+        )
     _say("wrote " + ", ".join(str(p) for p in paths))
     for f in report.get("failed", []):
+        log = args.out / "logs" / (f["target"] + ".log")
         print(
-            f"explorank bench serve: target {f['target']} failed: {f['reason']} "
-            f"(log: {args.out / 'logs' / (f['target'] + '.log')})",
+            f"explorank bench serve: target {f['target']} failed: {f['reason']}"
+            + (f" (log: {log})" if log.is_file() else ""),
             file=sys.stderr,
         )
     return 1 if report.get("failed") else 0
+
+
+def _scenarios(args: argparse.Namespace) -> list[str] | None:
+    """--scenario as a list; --soak-s alone means the soak, with --scenario it adds it."""
+    names = _names(args.scenario, "--scenario")
+    if args.soak_s is not None:
+        names = (names or []) + ([] if names and "soak" in names else ["soak"])
+    return names
 
 
 def _x(v: float | None, unit: str = "x") -> str:
