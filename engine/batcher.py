@@ -11,12 +11,20 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
   own length rounded up to a multiple of 8 (never truncated here: truncation to the
   model's maximum is the tokenizer's job, and silently cutting text would change
   results). With the bucket top equal to ``max_seq_length`` this never happens.
-- The scheduler waits until the worker is free, then takes a batch from ONE bucket, up
-  to ``max_batch_size`` requests: a bucket is *ready* when it holds a full batch or its
-  oldest request has waited ``max_queue_delay_ms``; among ready buckets it takes the one
-  whose oldest request has waited longest (no bucket starves). While the worker
-  computes, the next batch keeps forming in the queues, so under load batches grow
-  by themselves and the delay is only paid when the system is idle.
+- The scheduler waits until the worker is free, then takes a batch from the bucket whose
+  oldest request has waited longest among the *ready* ones (no bucket starves), up to
+  ``max_batch_size`` requests and ``max_batch_tokens`` padded tokens (so a batch of long
+  texts is smaller than one of short texts: its latency stays bounded). A bucket is ready
+  when it holds a full batch or its oldest request has waited ``max_queue_delay_ms``.
+  While the worker computes, the next batch keeps forming in the queues, so under load
+  batches grow by themselves and the delay is only paid when the system is idle.
+- Bucket merging (``merge_buckets``): when the batch has room, requests of other buckets
+  join it if padding them (or it) to a common length costs less than the fixed overhead of
+  running them as a batch of their own — both costs from the fitted cost model of this
+  encoder (:class:`explorank.engine.admission.ServiceTime`). Where a batch's overhead
+  dominates (a GPU, a tiny model) several buckets go in one call; where every token counts
+  (a BERT on CPU) they stay apart. Either way the requests waiting in other buckets are
+  served sooner under concurrency, which is what keeps the tail latency down.
 - The backend call runs in a single-thread executor (the backend parallelises
   internally; two concurrent calls would only fight over the same cores) so the event
   loop never blocks. Each request's future gets exactly its own row.
@@ -172,6 +180,8 @@ class DynamicBatcher:
         max_queue_size: int = 1024,
         max_request_share: float = 1.0,
         max_queue_wait_ms: float | None = None,
+        max_batch_tokens: int | None = None,
+        merge_buckets: bool = False,
         length_buckets: Sequence[int] = (16, 32, 64, 128),
         executor: concurrent.futures.Executor | None = None,
         metrics: BatcherMetrics | None = None,
@@ -189,6 +199,8 @@ class DynamicBatcher:
             raise ConfigError(f"max_request_share must be in (0, 1], got {max_request_share}")
         if max_queue_wait_ms is not None and not max_queue_wait_ms > 0:
             raise ConfigError(f"max_queue_wait_ms must be > 0 or unset, got {max_queue_wait_ms}")
+        if max_batch_tokens is not None and int(max_batch_tokens) < 1:
+            raise ConfigError(f"max_batch_tokens must be >= 1 or unset, got {max_batch_tokens}")
         if int(max_inflight_batches) < 1:
             raise ConfigError(f"max_inflight_batches must be >= 1, got {max_inflight_batches}")
         buckets = sorted({int(b) for b in length_buckets})
@@ -203,6 +215,9 @@ class DynamicBatcher:
         #: the most sequences one submit_many may queue at once
         self.max_per_request = max(1, int(self.max_queue_size * max_request_share))
         self.length_buckets: tuple[int, ...] = tuple(buckets)
+        #: padded tokens per batch (None: only max_batch_size limits a batch)
+        self.max_batch_tokens = None if max_batch_tokens is None else int(max_batch_tokens)
+        self.merge_buckets = bool(merge_buckets)
         self.pad_id = int(pad_id)
         self._max_inflight = int(max_inflight_batches)
         if warmup_batch_sizes is None:
@@ -298,9 +313,17 @@ class DynamicBatcher:
             return self.length_buckets[i]
         return -(-length // 8) * 8
 
+    def batch_limit(self, length: int) -> int:
+        """The most sequences in one batch padded to ``length`` tokens (at least 1)."""
+        if self.max_batch_tokens is None:
+            return self.max_batch_size
+        return max(1, min(self.max_batch_size, self.max_batch_tokens // max(1, length)))
+
     def describe(self) -> dict[str, Any]:
         return {
             "max_batch_size": self.max_batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "merge_buckets": self.merge_buckets,
             "max_queue_delay_ms": self.max_queue_delay_s * 1000.0,
             "max_queue_size": self.max_queue_size,
             "length_buckets": list(self.length_buckets),
@@ -479,7 +502,7 @@ class DynamicBatcher:
                 head = queue[0].enqueued
                 due = head + self.max_queue_delay_s
                 if (
-                    len(queue) >= self.max_batch_size
+                    len(queue) >= self.batch_limit(key)
                     or due <= now
                     or self._closing
                     or (self._executing == 0 and self._sparse_arrivals())
@@ -489,9 +512,12 @@ class DynamicBatcher:
                 else:
                     next_due = min(next_due, due)
             if chosen is not None:
-                reqs = self._take(chosen, now)
+                length = chosen
+                reqs = self._take(chosen, now, self.batch_limit(chosen))
+                if reqs and self.merge_buckets:
+                    length = self._merge(reqs, chosen, now)
                 if reqs:
-                    return chosen, reqs
+                    return length, reqs
                 continue
             if not self._queues:
                 if self._closing:
@@ -509,12 +535,42 @@ class DynamicBatcher:
             gap is not None and gap > _IDLE_GAP_FACTOR * self.max_queue_delay_s
         )
 
-    def _take(self, key: int, now: float) -> list[_Request]:
+    def _merge(self, reqs: list[_Request], length: int, now: float) -> int:
+        """Add requests of other buckets to ``reqs`` (padded to ``length``) while that costs
+        less than running them as their own batch (see "Bucket merging" above); returns the
+        batch's padded length."""
+        service = self.admission.service
+        per_token = service.per_token
+        if per_token is None or not per_token > 0:
+            return length
+        budget = service.overhead / per_token  # tokens of padding worth one batch overhead
+        others = sorted(
+            (q[0].enqueued, key) for key, q in self._queues.items() if q and key != length
+        )
+        for _, key in others:
+            new_length = max(length, key)
+            room = self.batch_limit(new_length) - len(reqs)
+            if room <= 0:
+                continue
+            queue = self._queues.get(key)
+            if not queue:
+                continue
+            m = min(room, len(queue))
+            extra = m * (length - key) if key < length else len(reqs) * (key - length)
+            if extra > budget:
+                continue
+            taken = self._take(key, now, m)
+            if taken:
+                reqs.extend(taken)
+                length = new_length
+        return length
+
+    def _take(self, key: int, now: float, limit: int) -> list[_Request]:
         queue = self._queues[key]
         out: list[_Request] = []
         released: dict[_Backlog, int] = {}
         observe_wait = self._metrics.observe_queue_wait if self._metrics is not None else None
-        while queue and len(out) < self.max_batch_size:
+        while queue and len(out) < limit:
             req = queue.popleft()
             self._pending -= 1
             self._pending_tokens -= req.bucket
@@ -655,8 +711,14 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------ warm-up
     def warmup_shapes(self) -> list[tuple[int, int]]:
-        """Every ``(batch_size, padded_length)`` the warm-up runs: buckets x warm-up sizes."""
-        return [(b, length) for length in self.length_buckets for b in self.warmup_batch_sizes]
+        """Every ``(batch_size, padded_length)`` the warm-up runs: buckets x warm-up sizes
+        (each bucket's sizes capped by ``max_batch_tokens``, its own cap included)."""
+        shapes = []
+        for length in self.length_buckets:
+            cap = self.batch_limit(length)
+            sizes = sorted({b for b in self.warmup_batch_sizes if b <= cap} | {cap})
+            shapes += [(b, length) for b in sizes]
+        return shapes
 
     async def warmup(
         self, shapes: Sequence[tuple[int, int]] | None = None

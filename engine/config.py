@@ -154,6 +154,12 @@ class BatchingConfig(_Section):
     #: measured cost per token) exceeds this, or that would miss its own deadline, is refused
     #: at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
     max_queue_wait_ms: float | None = Field(250.0, gt=0)
+    #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
+    #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
+    max_batch_tokens: int | None = Field(4096, ge=1)
+    #: Let requests of other length buckets join a batch when padding them costs less than
+    #: the batch overhead they save (from the measured cost model of this encoder).
+    merge_buckets: bool = True
     #: Requests are batched only with others of the same bucket, and a batch is padded to
     #: its longest sequence (rounded up to 8), so finer buckets waste less padding.
     length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 80, 96, 112, 128])

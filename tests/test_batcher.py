@@ -605,3 +605,93 @@ def test_sparse_arrivals_are_dispatched_without_waiting_the_delay() -> None:
     latency, sizes = run(main)
     assert latency < 0.06, f"sparse request waited {latency * 1000:.0f} ms (delay is 100 ms)"
     assert max(sizes[4:]) > 1, f"the burst was not batched: {sizes}"
+
+
+# ---------------------------------------------------------------- token budget and merging
+def test_token_budget_caps_batches_of_long_sequences() -> None:
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> DynamicBatcher:
+        b = DynamicBatcher(
+            enc,
+            max_batch_size=16,
+            max_queue_delay_ms=0,
+            max_batch_tokens=256,
+            length_buckets=(16, 64),
+        )
+        assert (b.batch_limit(16), b.batch_limit(64), b.batch_limit(1000)) == (16, 4, 1)
+        assert (16, 16) in b.warmup_shapes() and (4, 64) in b.warmup_shapes()
+        assert all(n * length <= 256 or n == 1 for n, length in b.warmup_shapes())
+        await b.start()
+        first = asyncio.ensure_future(b.submit(np.arange(1, 4)))
+        await wait_until(enc.entered.is_set)  # the worker is busy: the rest queue up
+        rng = np.random.default_rng(0)
+        longs = [asyncio.ensure_future(b.submit(seq(rng, 60))) for _ in range(10)]
+        shorts = [asyncio.ensure_future(b.submit(seq(rng, 10))) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        enc.gate.set()
+        await asyncio.gather(first, *longs, *shorts)
+        await b.stop()
+        return b
+
+    run(main)
+    shapes = [ids.shape for ids, _ in enc.calls[1:]]
+    assert sorted(shapes) == sorted([(4, 64), (4, 64), (2, 64), (10, 16)])
+
+
+def _batcher_with_costs(enc: FakeEncoder, overhead_s: float, per_token_s: float) -> DynamicBatcher:
+    b = DynamicBatcher(
+        enc,
+        max_batch_size=32,
+        max_queue_delay_ms=0,
+        length_buckets=(16, 32, 64),
+        merge_buckets=True,
+    )
+    # the cost model the batcher would have fitted: overhead + per-token
+    for tokens in (16, 64, 256, 1024, 2048):
+        b.admission.service.observe(overhead_s + per_token_s * tokens, tokens)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("overhead_s", "per_token_s", "merged"),
+    [(0.010, 1e-6, True), (0.001, 1e-4, False)],
+    ids=["overhead-dominates", "tokens-dominate"],
+)
+def test_buckets_merge_only_when_padding_costs_less_than_a_batch(
+    overhead_s: float, per_token_s: float, merged: bool
+) -> None:
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> DynamicBatcher:
+        b = _batcher_with_costs(enc, overhead_s, per_token_s)
+        service = b.admission.service
+        assert service.overhead == pytest.approx(overhead_s, rel=1e-3)
+        await b.start()
+        first = asyncio.ensure_future(b.submit(np.arange(1, 4)))
+        await wait_until(enc.entered.is_set)
+        rng = np.random.default_rng(1)
+        # buckets 16, 32 and 64
+        inputs = [seq(rng, 12) for _ in range(3)] + [seq(rng, 28) for _ in range(3)]
+        inputs += [seq(rng, 60) for _ in range(2)]
+        futs = [asyncio.ensure_future(b.submit(x)) for x in inputs]
+        await asyncio.sleep(0.01)
+        enc.gate.set()
+        await first
+        out = await asyncio.gather(*futs)
+        await b.stop()
+        for x, row in zip(inputs, out, strict=True):  # every caller got its own row
+            np.testing.assert_array_equal(row, features(x))
+        return b
+
+    run(main)
+    later = enc.calls[1:]
+    if merged:
+        # padding the 16- and 32-token requests to 64 costs far less than a 10 ms overhead
+        assert [ids.shape for ids, _ in later] == [(8, 64)]
+    else:
+        assert sorted(ids.shape for ids, _ in later) == [(2, 64), (3, 16), (3, 32)]
+    for ids, mask in later:
+        real = mask.sum(1)
+        assert ids.shape[1] == -(-int(real.max()) // 8) * 8
+    assert sorted(len(r) for r in enc.seen_rows()) == sorted([3, 12, 12, 12, 28, 28, 28, 60, 60])
