@@ -101,6 +101,9 @@ class ServerConfig(_Section):
     max_message_mb: int = Field(16, ge=1, le=1024)
     #: Deadline applied to calls that carry none (seconds).
     default_deadline_s: float = Field(30.0, gt=0)
+    #: Serving processes on the one port (SO_REUSEPORT), each with an equal share of the
+    #: CPUs; they share the state store (docs/operations.md, "Several worker processes").
+    workers: int = Field(1, ge=1, le=256)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

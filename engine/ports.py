@@ -12,7 +12,14 @@ import socket
 
 from explorank.errors import ConfigError
 
-__all__ = ["GRPC_PORT_SETTING", "METRICS_PORT_SETTING", "bind_error", "check_port", "port_error"]
+__all__ = [
+    "GRPC_PORT_SETTING",
+    "METRICS_PORT_SETTING",
+    "bind_error",
+    "check_port",
+    "free_port",
+    "port_error",
+]
 
 GRPC_PORT_SETTING = "server.port / --port"
 METRICS_PORT_SETTING = "server.metrics_port / --metrics-port"
@@ -60,3 +67,10 @@ def check_port(host: str, port: int, setting: str) -> None:
     exc = bind_error(host, port)
     if exc is not None:
         raise port_error(host, port, setting, exc)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` right now (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -247,7 +247,9 @@ def manifest_signature(bundle_dir: Any) -> tuple[str, int, int] | None:
 class Server:
     """Owns the grpc.aio server, the health servicer and the engine's lifecycle."""
 
-    def __init__(self, engine: Engine, security: ServerSecurity | None = None) -> None:
+    def __init__(
+        self, engine: Engine, security: ServerSecurity | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.engine = engine
         sc = engine.config.server
         # TLS credentials and bearer tokens ([server.tls], [server.auth]); ConfigError if bad
@@ -259,7 +261,8 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
+                # off, so a port in use is an error; on for `serve --workers` siblings
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         self.health = health.aio.HealthServicer()
@@ -428,9 +431,20 @@ class Server:
         log.info("stopped")
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: drain and stop; SIGHUP: reload the configured bundle."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+
+    async def _reload(self) -> None:
+        if self._stopping:
+            return
+        log.info("SIGHUP: reloading %s", self.engine.config.model.bundle)
+        try:
+            await self.engine.reload()
+        except Exception as exc:
+            log.error("SIGHUP: the bundle was refused; still serving the old one: %s", exc)
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -603,7 +603,7 @@ def test_serve_bench_end_to_end_quick(
     from explorank.benchmarks.latency.report import write_serve_report
     from explorank.benchmarks.latency.serve_bench import ServeBenchConfig, run_serve_bench
 
-    targets = ["explorank", "explorank-nobatch"]
+    targets = ["explorank", "explorank-nobatch", "explorank-w2"]  # w2: two worker processes
     if importlib.util.find_spec("torch") is not None:
         targets.append("torch-peer")
     cfg = ServeBenchConfig(

@@ -399,3 +399,27 @@ def test_event_commits_are_lighter_than_reward_commits(tmp_path: Path) -> None:
     assert run(main()) == ["NORMAL", "FULL", "NORMAL"]
     with pytest.raises(ConfigError, match="events_synchronous"):
         SqliteStore(path=str(tmp_path / "x.db"), events_synchronous="SOMETIMES")
+
+
+def test_two_writers_on_one_file_lose_no_sum(tmp_path: Path) -> None:
+    """Two stores on one file (as ``serve --workers`` runs them, one per process) add their
+    rewards' deltas to the same statistics: every sum holds both, whichever wrote last."""
+
+    async def body() -> None:
+        a = await opened(tmp_path / "s.db", shared=True)
+        b = await opened(tmp_path / "s.db", shared=True)
+        assert a.shared and b.shared
+        jobs = [(f"e{i // 3}", f"item-{i % 3}", (i % 9 - 4) / 4) for i in range(60)]
+        for n, job in enumerate(jobs):  # alternate: each writer's cache goes stale every time
+            assert await reward(a if n % 2 else b, *job)
+        assert not await reward(b, *jobs[1])  # idempotent across the two as well
+        items, arrays = expected_stats(jobs)
+        for store in (a, b):
+            ucb, lin = await store.load_stats("ucb1"), await store.load_stats("linucb")
+            for key, vec in items.items():
+                np.testing.assert_allclose(ucb.items[key], vec)
+            np.testing.assert_allclose(lin.arrays["A"], arrays["A"])
+        await a.close()
+        await b.close()
+
+    run(body())

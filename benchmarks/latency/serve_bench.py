@@ -6,8 +6,10 @@ run the closed-loop concurrency sweep, then the open-loop Poisson rates, scrapin
 server's ``/metrics`` before and after every measurement window, then stop it.
 
 Targets: ``explorank`` (dynamic batching, default settings), ``explorank-nobatch``
-(``--max-batch-size 1``) and ``torch-peer`` (:mod:`.peer_torch_server`: the Hugging Face
-model in PyTorch per request, what a user would otherwise write). All get the same
+(``--max-batch-size 1``), ``explorank-wN`` (``--workers N``: N serving processes on one port,
+each with an equal share of the CPUs; e.g. ``explorank-w2``) and ``torch-peer``
+(:mod:`.peer_torch_server`: the Hugging Face model in PyTorch per request, what a user would
+otherwise write). All get the same
 client, the same request sequence and the same load points. Open-loop rates, unless
 given, are 50% and 80% of the first target's best closed-loop throughput, and are then
 the same for every target.
@@ -68,6 +70,15 @@ DEFAULT_BUCKETS = (16, 32, 64, 128)
 SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak}
 
 
+def workers_of(target: str) -> int | None:
+    """N for a target named ``explorank-wN`` (N >= 1), else None."""
+    prefix = "explorank-w"
+    if target.startswith(prefix) and target[len(prefix) :].isdigit():
+        n = int(target[len(prefix) :])
+        return n if n >= 1 else None
+    return None
+
+
 @dataclass
 class ServeBenchConfig:
     address: str | None = None
@@ -120,10 +131,12 @@ class ServeBenchConfig:
         return cls(**base)
 
     def validate(self) -> None:
-        unknown = [t for t in self.targets if t not in TARGETS]
+        unknown = [t for t in self.targets if t not in TARGETS and workers_of(t) is None]
         if unknown or not self.targets:
             raise InvalidArgumentError(
-                "--targets", f"unknown {unknown or 'empty list'}; choose from {','.join(TARGETS)}"
+                "--targets",
+                f"unknown {unknown or 'empty list'}; choose from {','.join(TARGETS)} "
+                "or explorank-wN (N workers, e.g. explorank-w2)",
             )
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise InvalidArgumentError(
@@ -409,6 +422,9 @@ def run_serve_bench(
             else:
                 mport = free_port()
                 extra = ["--threads", str(config.threads)] if config.threads else []
+                workers = workers_of(name)
+                if workers is not None:  # each worker takes its share of the CPUs
+                    extra = ["--workers", str(workers)]
                 cmd = explorank_command(
                     bundle.path,
                     work,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -130,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_missing_extra(exc), file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args._argv = argv  # serve --workers starts its workers with the same command line
+    worker = os.environ.get("EXPLORANK_WORKER", "").split("/")[0]
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s "
+        + (f"[worker {worker}] " if worker else "")
+        + "%(name)s: %(message)s",
     )
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -75,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve only a bundle whose manifest is signed by this ed25519 public key "
         "(repeatable; model.trusted_keys)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="serving processes on the one port, each with an equal share of the CPUs "
+        "(default 1; server.workers)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
     g = p.add_argument_group("TLS and authentication (docs/operations.md, Security)")
     g.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: serve TLS")
@@ -103,6 +109,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("server", "port", args.port)
     put("server", "metrics_port", args.metrics_port)
     put("server", "grace_s", args.grace)
+    put("server", "workers", getattr(args, "workers", None))
     for key, value in (
         ("cert", args.tls_cert),
         ("key", args.tls_key),
@@ -171,7 +178,11 @@ def run(args: argparse.Namespace) -> int:
     from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, check_port
     from explorank.engine.security import ServerSecurity
     from explorank.engine.server import Server
+    from explorank.engine.workers import pin_worker_cpus, worker_identity
 
+    worker = worker_identity()
+    if worker is not None:
+        pin_worker_cpus()
     config = load_config(args.config, overrides=overrides_from_args(args))
     # Before the (slow) bundle load: a taken port is a one-line error at once.
     sc = config.server
@@ -179,14 +190,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"server.port and server.metrics_port are both {sc.port}; choose two different ports"
         )
-    check_port(sc.host, sc.port, GRPC_PORT_SETTING)
+    if worker is None:  # a worker's siblings hold the port already (SO_REUSEPORT)
+        check_port(sc.host, sc.port, GRPC_PORT_SETTING)
     if sc.metrics_port:
         check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     # Certificates, keys and tokens are checked before the bundle too.
     security = ServerSecurity.from_config(sc)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
+    if worker is None and sc.workers > 1:
+        return _run_workers(args, config)
     config.state.options = config.state.store_options()
+    if worker is not None and config.state.store == "sqlite":
+        config.state.options["shared"] = True  # siblings write the same file
     if "path" in config.state.options:
         log.info("state: %s %s", config.state.store, config.state.options["path"])
     conflict = onnxruntime_conflict()
@@ -195,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.from_config(config)
 
     async def main() -> None:
-        server = Server(engine, security)
+        server = Server(engine, security, reuse_port=worker is not None)
         server.install_signal_handlers()
         try:
             port = await server.start()
@@ -209,3 +225,51 @@ def run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _run_workers(args: argparse.Namespace, config: Any) -> int:
+    """``--workers N``: supervise N ``explorank serve`` processes on one port."""
+    from explorank.engine.ports import free_port
+    from explorank.engine.workers import Supervisor, WorkerSpec, run_supervisor
+    from explorank.launch import module_command
+
+    sc = config.server
+    port = sc.port or free_port(sc.host if sc.host not in ("", "0.0.0.0", "::") else "127.0.0.1")
+    argv = list(getattr(args, "_argv", None) or [])
+    if "serve" not in argv:
+        raise ConfigError("--workers needs the serve command line (run it as `explorank serve`)")
+
+    def command(spec: WorkerSpec) -> list[str]:
+        return module_command(
+            "explorank",
+            *argv,
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(spec.metrics_port if sc.metrics_port else 0),
+            "--port-file",
+            str(spec.port_file),
+            "--bundle",
+            str(config.model.bundle),
+            "--threads",
+            str(len(spec.cpus)),
+        )
+
+    supervisor = Supervisor(
+        sc.workers,
+        command,
+        metrics_host=sc.metrics_host,
+        metrics_port=sc.metrics_port,
+        free_port=free_port,
+        stop_timeout_s=sc.drain_s + sc.grace_s + 30.0,
+    )
+    log.info(
+        "starting %d workers on %s:%d (CPUs: %s)",
+        sc.workers,
+        sc.host,
+        port,
+        " | ".join(",".join(map(str, w.cpus)) for w in supervisor.workers),
+    )
+    return run_supervisor(supervisor, port, args.port_file)

@@ -106,25 +106,47 @@ def insert_event(conn: sqlite3.Connection, event: EventRecord) -> None:
         raise InvalidArgumentError("event_id", f"{event.event_id!r} is already logged") from None
 
 
+class StatsCache:
+    """Committed statistics the writer has read or written, valid while no *other*
+    connection has committed: ``PRAGMA data_version`` (which changes only when another
+    connection — another process sharing the file — commits) is compared once per
+    transaction, after ``BEGIN IMMEDIATE`` took the write lock, and the cache is dropped when
+    it moved. So several processes can share one database without losing each other's sums."""
+
+    def __init__(self) -> None:
+        self.values: dict[StatKey, np.ndarray] = {}
+        self.data_version: int | None = None
+
+    def validate(self, conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != self.data_version:
+            self.values.clear()
+            self.data_version = version
+
+
 class StatsTx:
     """The statistics the operations of one write transaction change.
 
     Three layers, newest first: what the running operation staged, what the transaction's
     earlier (successful) operations changed (the overlay), and a write-through cache of
-    committed values that outlives the transaction; below them, the ``stats`` table. So the
-    writer reads each statistic from disk at most once. The writer drives it:
-    :meth:`release` / :meth:`rollback_to` after each operation's SAVEPOINT,
+    committed values that outlives the transaction (:class:`StatsCache`); below them, the
+    ``stats`` table. So the writer reads each statistic from disk at most once. The writer
+    drives it: :meth:`release` / :meth:`rollback_to` after each operation's SAVEPOINT,
     :meth:`before_commit` writes the overlay and bumps the changed policies' versions, and
     :meth:`after_commit` moves the overlay into the cache.
     """
 
-    def __init__(self, cache: dict[StatKey, np.ndarray]) -> None:
+    def __init__(self, cache: StatsCache) -> None:
         self._cache = cache
+        self._validated = False
         self._overlay: dict[StatKey, np.ndarray] = {}
         self._staged: dict[StatKey, np.ndarray] = {}
 
     def current(self, conn: sqlite3.Connection, sk: StatKey) -> np.ndarray | None:
-        for layer in (self._staged, self._overlay, self._cache):
+        if not self._validated:  # inside the transaction: the write lock is held
+            self._cache.validate(conn)
+            self._validated = True
+        for layer in (self._staged, self._overlay, self._cache.values):
             value = layer.get(sk)
             if value is not None:
                 return value
@@ -157,7 +179,7 @@ class StatsTx:
             )
 
     def after_commit(self) -> None:
-        self._cache.update(self._overlay)
+        self._cache.values.update(self._overlay)
 
 
 def read_stat(conn: sqlite3.Connection, sk: StatKey) -> np.ndarray | None:

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from explorank import hookimpl
@@ -46,7 +45,7 @@ from explorank.plugins.api import (
 )
 from explorank.plugins.builtin import _records
 from explorank.plugins.builtin import sqlite_schema as sql
-from explorank.plugins.builtin.sqlite_schema import StatKey, StatsTx
+from explorank.plugins.builtin.sqlite_schema import StatsCache, StatsTx
 from explorank.plugins.builtin.sqlite_writer import SqliteWriter, map_error
 
 T = TypeVar("T")
@@ -91,6 +90,11 @@ class SqliteStore(StateStore):
         read_only: bool = Field(
             False, description="open an existing file read-only (events export)"
         )
+        shared: bool = Field(
+            False,
+            description="several processes on this machine share the file (serve --workers): "
+            "statistics and catalog changes are re-read every state.sync_interval_ms",
+        )
 
         @field_validator("synchronous", "events_synchronous", mode="before")
         @classmethod
@@ -113,6 +117,8 @@ class SqliteStore(StateStore):
         self.retention_max_age_s: float | None = o.retention_max_age_s
         self.retention_max_events: int | None = o.retention_max_events
         self.read_only = bool(o.read_only)
+        #: instance attribute: True when other processes write the same file
+        self.shared = bool(o.shared)
         self._writer: SqliteWriter[StatsTx] | None = None
         self._reader: cf.ThreadPoolExecutor | None = None
         self._read_local = threading.local()
@@ -125,7 +131,7 @@ class SqliteStore(StateStore):
                 raise InvalidArgumentError("path", f"no sqlite state database at {self.path}")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            cache: dict[StatKey, np.ndarray] = {}  # committed statistics, writer thread only
+            cache = StatsCache()  # committed statistics, writer thread only
             self._writer = SqliteWriter(
                 self.path,
                 self._connect,
