@@ -170,18 +170,37 @@ class Bundle:
         return self.file(rel, "tokenizer.path")
 
     def encoder_path(self, precision: str) -> Path:
+        """The ONNX encoder of ``precision`` (``fp32``, ``int8``, or ``fp16``: the fp16 ONNX
+        for the CUDA execution provider; the TensorRT plan is :meth:`plan_path`)."""
         enc = self.manifest["encoder"]
-        key = {"fp16": "tensorrt"}.get(precision, precision)
-        entry = enc.get(key)
+        entry = enc.get(precision)
         if not entry:
+            what = "ONNX encoder" if precision == "fp16" else "encoder"
             raise BundleError(
-                f"bundle {self.path} has no {precision} encoder; it has {', '.join(self.precisions)}"
+                f"bundle {self.path} has no {precision} {what}; it has {', '.join(self.precisions)}"
+                + (
+                    " (its fp16 is the TensorRT plan only)"
+                    if precision == "fp16" and self.has_tensorrt_plan()
+                    else ""
+                )
             )
         rel = entry["path"] if isinstance(entry, dict) else entry
-        return self.file(rel, f"encoder.{key}")
+        return self.file(rel, f"encoder.{precision}")
+
+    def plan_path(self) -> Path:
+        """The TensorRT plan (``encoder.tensorrt.path``)."""
+        entry = self.manifest["encoder"].get("tensorrt")
+        if not entry:
+            raise BundleError(f"bundle {self.path} has no TensorRT plan")
+        rel = entry["path"] if isinstance(entry, dict) else entry
+        return self.file(rel, "encoder.tensorrt")
 
     def has_tensorrt_plan(self) -> bool:
         return bool(self.manifest["encoder"].get("tensorrt"))
+
+    def has_fp16_onnx(self) -> bool:
+        """Whether the bundle ships the fp16 ONNX encoder for the CUDA execution provider."""
+        return bool(self.manifest["encoder"].get("fp16"))
 
     def heads(self) -> dict[str, dict[str, Any]]:
         """The heads section with paths resolved to absolute (confined, verified) paths."""

@@ -49,7 +49,17 @@ def ensure_default_bundle(cache_dir: Path | None = None, *, progress: bool = Tru
         log.info("building the default bundle (all-MiniLM-L6-v2 + default catalog) in %s ...", out)
         t0 = time.perf_counter()
         # INT8 is best effort here: a CPU on which no INT8 configuration passes still gets a
-        # working (fp32) default bundle.
-        export_bundle(out, progress=progress, int8_required=False)
+        # working (fp32) default bundle. The fp16 encoder is added where it can serve: on a
+        # machine whose onnxruntime has the CUDA execution provider and a GPU (best effort too).
+        from explorank.engine.backends.base import cuda_ep_usable
+
+        precisions = ("fp32", "int8", "fp16") if cuda_ep_usable() else ("fp32", "int8")
+        export_bundle(
+            out,
+            progress=progress,
+            precisions=precisions,
+            int8_required=False,
+            fp16_required=False,
+        )
         log.info("default bundle ready in %.0f s", time.perf_counter() - t0)
     return out

@@ -135,6 +135,9 @@ class EncoderSection(_Section):
     #: The fp32 ONNX encoder; required to serve (a catalog-only bundle may omit it).
     fp32: Annotated[RelPath | None, BeforeValidator(_path_of)] = None
     int8: Annotated[RelPath | None, BeforeValidator(_path_of)] = None
+    #: The fp16 ONNX encoder for ONNX Runtime's CUDA execution provider (optional; bundles
+    #: exported before it existed have none and still load).
+    fp16: Annotated[RelPath | None, BeforeValidator(_path_of)] = None
     tensorrt: TensorRTEntry | None = None
     int8_config: Int8Config | None = None
     fused_operators: dict[str, int] = Field(default_factory=dict)
@@ -204,8 +207,10 @@ class Manifest(_Section):
         enc = self.encoder
         if "int8" in self.precisions and not enc.int8:
             raise ValueError("precisions lists int8 but encoder.int8 is not set")
-        if "fp16" in self.precisions and enc.tensorrt is None:
-            raise ValueError("precisions lists fp16 but encoder.tensorrt is not set")
+        if "fp16" in self.precisions and enc.tensorrt is None and not enc.fp16:
+            raise ValueError(
+                "precisions lists fp16 but neither encoder.fp16 nor encoder.tensorrt is set"
+            )
         for field, rel in self.referenced_paths():
             if rel not in self.files:
                 raise ValueError(
@@ -218,7 +223,7 @@ class Manifest(_Section):
         """``(field, path)`` of every file the engine may open, tokenizer included."""
         out: list[tuple[str, str]] = []
         enc = self.encoder
-        for name in ("fp32", "int8"):
+        for name in ("fp32", "int8", "fp16"):
             rel = getattr(enc, name)
             if rel:
                 out.append((f"encoder.{name}", rel))

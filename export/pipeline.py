@@ -5,7 +5,9 @@ The stages, each a separate function elsewhere in :mod:`explorank.export`:
 1. load the checkpoint (eager attention) and its tokenizer;
 2. export BERT + mean pooling + L2 norm to ONNX, fuse it (``encoder.onnx``);
 3. gate fp32: ONNX Runtime vs PyTorch on the validation texts;
-4. quantize to INT8 behind the accuracy gate (``encoder.int8.onnx``);
+4. quantize to INT8 behind the accuracy gate (``encoder.int8.onnx``); with ``fp16``, convert
+   the fused graph to fp16 for the CUDA execution provider behind the fp16 gate
+   (``encoder.fp16.onnx``, :mod:`explorank.export.fp16`);
 5. encode the whole catalog with the fp32 ONNX Runtime encoder in length-sorted batches
    (sorting by token count means each batch pads to a similar length: far less padding work);
 6. heads (trained or untrained default) with their parity checks;
@@ -32,8 +34,9 @@ import numpy as np
 
 from explorank.engine.int8_check import sample_indices
 from explorank.engine.tokenizer import pad_batch
-from explorank.errors import InvalidArgumentError
+from explorank.errors import InvalidArgumentError, ParityError
 from explorank.export import bundle_writer as bw
+from explorank.export import fp16 as fp16_mod
 from explorank.export import heads as heads_mod
 from explorank.export import onnx_export, optimize, parity, quantize, tensorrt_build
 
@@ -86,10 +89,15 @@ def encode_sorted(
     return out
 
 
-def ort_runner(path: Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def ort_runner(
+    path: Path, provider: str = "CPUExecutionProvider"
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = [provider] + (
+        [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
+    )
+    sess = ort.InferenceSession(str(path), providers=providers)
     names = [i.name for i in sess.get_inputs()]
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -112,12 +120,6 @@ def _check_args(
         raise InvalidArgumentError(
             "precision", "fp32 is required (it is the reference and encodes the catalog)"
         )
-    if "fp16" in precs:
-        if tensorrt == "off":
-            raise InvalidArgumentError(
-                "precision", "fp16 is the TensorRT plan; it needs --tensorrt auto or on"
-            )
-        tensorrt = "on"
     if tensorrt not in tensorrt_build.MODES:
         raise InvalidArgumentError(
             "tensorrt", f"{tensorrt!r} is not one of {', '.join(tensorrt_build.MODES)}"
@@ -148,13 +150,17 @@ def export_bundle(
     int8_search: str = "auto",
     int8_required: bool = True,
     sign_key: Path | None = None,
+    fp16_required: bool = True,
 ) -> dict[str, Any]:
     """Export a bundle to ``out`` and return its manifest (see the module docstring).
 
     ``int8_search`` picks the INT8 configurations tried (:func:`quantize.search_list`).
     With ``int8_required=False`` a bundle whose INT8 encoder misses the gate is written
     without one (fp32 only; the attempts are recorded under ``encoder.int8_skipped``);
-    by default the miss fails the export.
+    by default the miss fails the export. ``fp16`` in ``precisions`` adds the fp16 ONNX
+    encoder for the CUDA execution provider (``encoder.fp16.onnx``, gated against fp32); the
+    TensorRT plan is built by ``tensorrt`` alone. ``fp16_required=False`` writes a bundle
+    without the fp16 encoder when it misses its gate (recorded under ``encoder.fp16_skipped``).
 
     ``sign_key`` (an ed25519 private key, PEM) signs the manifest: ``manifest.json.sig`` is
     written next to it before the bundle is published (:mod:`explorank.engine.signing`).
@@ -272,6 +278,30 @@ def export_bundle(
                     precs = [p for p in precs if p != "int8"]
                 t = lap("quantize_int8", t)
 
+            if "fp16" in precs:
+                fp16_path = stage / "encoder.fp16.onnx"
+                try:
+                    encoder["fp16_config"] = fp16_mod.convert_encoder_fp16(
+                        stage / "encoder.onnx", fp16_path
+                    )
+                    report["fp16_onnx"] = fp16_mod.fp16_gate(
+                        fp16_path,
+                        reference=fp32_val,
+                        embed=lambda p, provider: encode_sorted(
+                            val_rows, ort_runner(p, provider), batch_size=batch_size
+                        ),
+                        tolerances=tolerances["fp16"],
+                    )
+                    encoder["fp16"] = fp16_path.name
+                except ParityError as exc:
+                    if fp16_required:
+                        raise
+                    log.warning("no fp16 encoder in this bundle: %s", exc)
+                    fp16_path.unlink(missing_ok=True)
+                    encoder.pop("fp16_config", None)
+                    encoder["fp16_skipped"] = {"reason": str(exc)}
+                t = lap("fp16", t)
+
             embeddings = encode_sorted(
                 rows, fp32_run, batch_size=batch_size, progress=progress, desc="encoding catalog"
             )
@@ -300,7 +330,9 @@ def export_bundle(
             bw.write_items(stage, items)
             bw.write_embeddings(stage, embeddings)
             tokenizer_section = bw.write_tokenizer(stage, model_dir, tokenizer)
-            present = [p for p in precs if p != "fp16" or encoder["tensorrt"]]
+            present = [
+                p for p in precs if p != "fp16" or encoder["tensorrt"] or encoder.get("fp16")
+            ]
             manifest = bw.finish_manifest(
                 stage,
                 {

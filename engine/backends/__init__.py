@@ -48,7 +48,7 @@ def _plan_precision(bundle: Bundle) -> str:
 
 
 def _plan_path(bundle: Bundle) -> Path:
-    return bundle.encoder_path("fp16")  # confined to the bundle and listed in its files
+    return bundle.plan_path()  # confined to the bundle and listed in its files
 
 
 def _tensorrt_blocker(bundle: Bundle, precision: str) -> str | None:

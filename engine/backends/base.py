@@ -18,7 +18,7 @@ import numpy as np
 
 from explorank.errors import InvalidArgumentError
 
-__all__ = ["Backend", "check_batch", "cuda_device_count"]
+__all__ = ["Backend", "check_batch", "cuda_device_count", "cuda_ep_usable", "tensorrt_installed"]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +125,21 @@ def cuda_device_count() -> int:
             log.debug("libcuda present but unusable: %s", exc)
             return 0
     return 0
+
+
+def cuda_ep_usable() -> bool:
+    """A GPU is usable *and* this onnxruntime has the CUDA execution provider
+    (``onnxruntime-gpu``): what serving on the CUDA EP needs."""
+    if cuda_device_count() == 0:
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def tensorrt_installed() -> bool:
+    """Whether the ``tensorrt`` package is importable (its libraries are what ONNX Runtime's
+    TensorRT execution provider loads; ``onnxruntime-gpu`` lists that provider without them)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None

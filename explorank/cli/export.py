@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="fp32,int8",
         metavar="LIST",
-        help="comma-separated precisions: fp32 (required), int8, fp16 (= TensorRT plan) (default: fp32,int8)",
+        help="comma-separated precisions: fp32 (required), int8, fp16 (= the fp16 ONNX encoder for the CUDA execution provider, and the TensorRT plan when --tensorrt builds one) (default: fp32,int8)",
     )
     parser.add_argument(
         "--tensorrt",
