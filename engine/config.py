@@ -132,17 +132,44 @@ class ModelConfig(_Section):
         return self
 
 
+class GpuConfig(_Section):
+    """``[backend.gpu]``: the encoder on an NVIDIA GPU (ONNX Runtime's CUDA execution provider).
+    Unverified on hardware in this repository's CI; scripts/gpu-check.sh verifies it on a GPU."""
+
+    #: Replay each planned (batch, length) shape from a captured CUDA graph: batches are padded
+    #: to the length bucket and to the next planned batch size (engine/backends/cuda_graphs.py).
+    #: auto = on where ONNX Runtime can capture the encoder (else logged and off); on = required.
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    #: Batch sizes that get a graph at each length bucket (capped by the bucket's batch limit,
+    #: which is always added). None = the powers of two up to it (1, 2, 4, ... 32 by default).
+    graph_batch_sizes: list[int] | None = None
+    #: Catalog texts the fp16 encoder is checked on at start-up, on the GPU that serves it,
+    #: against the bundle's fp32 embeddings (below the gate: auto serves fp32, fp16 fails).
+    #: 0 = no check.
+    fp16_check_texts: int = Field(512, ge=0)
+
+    @field_validator("graph_batch_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(s < 1 for s in v)):
+            raise ValueError("must be a non-empty list of positive batch sizes, or null")
+        return sorted(set(v)) if v is not None else None
+
+
 class BackendConfig(_Section):
     backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
-    #: auto = the fp16 TensorRT plan on a GPU when present; on CPU the INT8 encoder when the
-    #: bundle has one and it passes the load-time check on this CPU; else fp32.
+    #: auto = the fp16 TensorRT plan on a GPU when present, else on a GPU the bundle's fp16
+    #: ONNX encoder on the CUDA EP when it has one and it passes the load-time check on this
+    #: GPU; on CPU the INT8 encoder when the bundle has one and it passes the load-time check
+    #: on this CPU; else fp32.
     precision: Literal["auto", "fp32", "int8", "fp16"] = "auto"
     #: Catalog texts the INT8 encoder is checked on at start-up, on this CPU, against the
     #: bundle's fp32 embeddings (below the gate: auto serves fp32, int8 fails). 0 = no check.
     int8_check_texts: int = Field(512, ge=0)
     #: None = the CPUs actually available to this process (affinity / cgroup quota).
     intra_op_threads: int | None = Field(None, ge=1)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
 
 
 class BatchingConfig(_Section):

@@ -122,6 +122,7 @@ def prepare(
     """Everything a generation needs, short of starting its batcher: the tokenizer, the
     encoder (its INT8 check included) and, given a ``decider``, the scorers for this bundle.
     Blocking (it loads models): reloads run it on a worker thread."""
+    from explorank.engine.gpu import finish_gpu_encoder
     from explorank.engine.int8_check import PrecisionChoice, choose_encoder
     from explorank.engine.tokenizer import Tokenizer
 
@@ -130,6 +131,8 @@ def prepare(
         backend, choice = choose_encoder(
             bundle, tokenizer, config.backend, max_batch_size=config.batching.max_batch_size
         )
+        # On a GPU: the fp16 encoder checked on this GPU, and CUDA graphs (engine/gpu.py).
+        backend, choice = finish_gpu_encoder(backend, choice, bundle, tokenizer, config)
     else:
         served = str(getattr(backend, "precision", "unknown"))
         choice = PrecisionChoice(

@@ -11,6 +11,8 @@
 * ``tiny_int8_bundle``: the same, exported with fp32 **and int8** through the INT8 search of
   this CPU (default tolerances): the INT8 tests. The portable (7-bit weight) configurations
   pass on VNNI and AVX2-only CPUs alike (min cosine about 0.999 on the tiny model).
+* ``tiny_fp16_bundle``: fp32 and the fp16 ONNX encoder for the CUDA EP (its export gate
+  runs on the CPU EP here): the fp16 and GPU-path tests.
 * ``minilm_bundle``: the real packaged all-MiniLM-L6-v2 exported once per session on 200
   catalog-like texts (fp32 + int8): for tests marked ``slow``.
 
@@ -83,6 +85,14 @@ def tiny_int8_bundle(
 ) -> Path:
     out = tmp_path_factory.mktemp("tiny_int8_bundle") / "bundle"
     return _export_tiny(out, tiny_model_dir, tiny_catalog, ("fp32", "int8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_catalog: Path
+) -> Path:
+    out = tmp_path_factory.mktemp("tiny_fp16_bundle") / "bundle"
+    return _export_tiny(out, tiny_model_dir, tiny_catalog, ("fp32", "fp16"))
 
 
 @pytest.fixture(scope="session")

@@ -34,24 +34,6 @@ def _types(model: Any) -> dict[str, int]:
     return types
 
 
-@pytest.fixture(scope="module")
-def tiny_fp16_bundle(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_catalog: Path
-) -> Path:
-    from explorank.export.pipeline import export_bundle
-
-    out = tmp_path_factory.mktemp("tiny_fp16_bundle") / "bundle"
-    export_bundle(
-        out,
-        model_dir=tiny_model_dir,
-        catalog=tiny_catalog,
-        precisions=("fp32", "fp16"),
-        tensorrt="off",
-        progress=False,
-    )
-    return out
-
-
 def test_fp16_encoder_keeps_io_types_and_fp32_pooling(tiny_fp16_bundle: Path) -> None:
     import onnx
 

@@ -8,8 +8,12 @@
   on the bundle's ``encoder.plan``. A :class:`ConfigError` when the bundle has no plan,
   tensorrt/cuda-python is missing, or there is no GPU; ``precision`` must be the plan's
   (built fp16 by ``explorank export``).
-- ``precision="auto"``: the plan's precision where the native TensorRT backend can run,
-  else fp32.
+- ``precision="auto"``: the plan's precision where the native TensorRT backend can run;
+  else, on a GPU the CUDA execution provider can use, fp16 when the bundle has its fp16
+  ONNX encoder; else (CPU) the INT8 encoder when the bundle has one; else fp32.
+- ``precision="fp16"`` with ONNX Runtime (:func:`fp16_route`): the bundle's fp16 ONNX
+  encoder on the CUDA EP; with ``provider="tensorrt"``, or ``auto`` where TensorRT is
+  installed, the fp32 graph under the TensorRT EP with FP16 on (unverified on hardware).
 - ``backend="auto"``: the native TensorRT plan when precision is the plan's precision,
   the plan exists, TensorRT is installed and a GPU is present; otherwise ONNX Runtime,
   with the reason logged. Precision is never changed behind the caller's back: it is an
@@ -19,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,13 +34,15 @@ from explorank.engine.backends.base import (
     Backend,
     check_batch,
     cuda_device_count,
+    cuda_ep_usable,
+    tensorrt_installed,
 )
 from explorank.errors import ConfigError
 
 if TYPE_CHECKING:
     from explorank.engine.bundle import Bundle
 
-__all__ = ["Backend", "check_batch", "create_backend", "cuda_device_count"]
+__all__ = ["Backend", "check_batch", "create_backend", "cuda_device_count", "fp16_route"]
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +80,58 @@ def _auto_precision(bundle: Bundle, backend: str, provider: str) -> str:
         if blocker is None:
             return plan_precision
         log.info("precision=auto: %s", blocker)
-    on_gpu = provider in ("cuda", "tensorrt") or (provider == "auto" and cuda_device_count() > 0)
+    on_gpu = provider in ("cuda", "tensorrt") or (provider == "auto" and cuda_ep_usable())
+    if on_gpu and provider != "tensorrt" and backend != "tensorrt" and bundle.has_fp16_onnx():
+        # The fp16 ONNX encoder passed its export gate; it is checked again on this GPU at
+        # load (engine/gpu.py) and fp32 serves where it misses.
+        return "fp16"
     if not on_gpu and "int8" in bundle.precisions:
         # The INT8 encoder exists only when it passed the export's accuracy gate
         # (min cosine >= 0.99, top-10 overlap >= 0.9); on CPU it is the faster choice.
         return "int8"
     return "fp32"
+
+
+def fp16_route(
+    provider: str,
+    *,
+    has_fp16_onnx: bool,
+    gpus: int,
+    available: Sequence[str],
+    trt_usable: bool,
+    bundle_name: str = "the bundle",
+) -> tuple[str, str]:
+    """``(model, provider)`` that serve ``precision="fp16"`` with ONNX Runtime: ``("fp16",
+    "cuda")`` is the fp16 ONNX encoder on the CUDA EP, ``("fp32", "tensorrt")`` the fp32
+    graph under the TensorRT EP with FP16 on. A pure function (GPU availability is passed
+    in, for tests); raises :class:`ConfigError` naming the setting to change."""
+    if provider == "cpu":
+        raise ConfigError(
+            "precision=fp16 runs on an NVIDIA GPU only; set backend.provider = auto or cuda, "
+            "or backend.precision = auto, fp32 or int8 for the CPU"
+        )
+    if gpus == 0:
+        raise ConfigError(
+            "precision=fp16 needs an NVIDIA GPU, but none is usable here (no CUDA driver or "
+            "device, or CUDA_VISIBLE_DEVICES hides them); set backend.precision = auto, fp32 or int8"
+        )
+    if provider == "tensorrt" or (
+        provider == "auto" and trt_usable and "TensorrtExecutionProvider" in available
+    ):
+        return "fp32", "tensorrt"
+    if "CUDAExecutionProvider" not in available:
+        raise ConfigError(
+            f"precision=fp16 on the GPU needs onnxruntime-gpu, but this onnxruntime has "
+            f"{', '.join(available)} (pip install 'explorank[gpu]'); or set backend.precision = "
+            "auto, fp32 or int8"
+        )
+    if not has_fp16_onnx:
+        raise ConfigError(
+            f"precision=fp16 on the CUDA execution provider serves the bundle's fp16 ONNX "
+            f"encoder, and {bundle_name} has none (re-export it with `explorank export "
+            f"--precision fp32,int8,fp16`); or set backend.precision = auto or fp32"
+        )
+    return "fp16", "cuda"
 
 
 def create_backend(
@@ -147,9 +200,20 @@ def create_backend(
 
     from explorank.engine.backends.ort import OrtBackend
 
-    model = bundle.encoder_path("int8" if precision == "int8" else "fp32")
+    model_key = "int8" if precision == "int8" else "fp32"
+    if precision == "fp16":
+        import onnxruntime as ort
+
+        model_key, provider = fp16_route(
+            provider,
+            has_fp16_onnx=bundle.has_fp16_onnx(),
+            gpus=cuda_device_count(),
+            available=ort.get_available_providers(),
+            trt_usable=tensorrt_installed(),
+            bundle_name=f"bundle {bundle.path}",
+        )
     return OrtBackend(
-        model,
+        bundle.encoder_path(model_key),
         input_names=bundle.encoder_inputs,
         output_name=bundle.encoder_output,
         embedding_dim=bundle.embedding_dim,

@@ -5,18 +5,22 @@ Provider policy (``provider=``):
 - ``"cpu"``: CPUExecutionProvider.
 - ``"cuda"``: CUDA EP, with IO binding (inputs bound from host, output bound on the
   device, one copy back). A :class:`ConfigError` when there is no GPU or ORT ends up on
-  CPU anyway.
+  CPU anyway. :meth:`OrtBackend.enable_cuda_graphs` adds CUDA graphs for a planned set of
+  shapes (:mod:`explorank.engine.backends.cuda_graphs`).
 - ``"tensorrt"``: ORT's TensorRT EP (CUDA EP and CPU behind it for unsupported nodes),
   with an engine cache and one optimisation profile spanning ``1..max_batch_size`` x
   ``1..max_seq_length``. ``precision="fp16"`` turns on TensorRT FP16.
 - ``"auto"``: TensorRT EP -> CUDA EP -> CPU, but GPU providers are only tried when a GPU
-  is really present (:func:`cuda_device_count`): ``onnxruntime-gpu`` lists them as
-  available on any machine and silently falls back to CPU, so the provider reported
-  here is always the one read back from ``session.get_providers()``.
+  is really present (:func:`cuda_device_count`), and the TensorRT EP only when the
+  ``tensorrt`` package is installed: ``onnxruntime-gpu`` lists them as available on any
+  machine and silently falls back to CPU, so the provider reported here is always the
+  one read back from ``session.get_providers()``.
 
-Precision: ``fp32`` serves ``encoder.onnx``; ``int8`` serves ``encoder.int8.onnx``
-(dynamically quantised, CPU only: its integer kernels exist for CPU); ``fp16`` means
-the fp32 graph under the TensorRT EP with FP16 enabled (GPU only).
+Precision: ``fp32`` serves ``encoder.onnx`` (on the CUDA EP with TF32 off: fp32 stays the
+accuracy reference); ``int8`` serves ``encoder.int8.onnx`` (dynamically quantised, CPU only:
+its integer kernels exist for CPU); ``fp16`` is the bundle's ``encoder.fp16.onnx`` on the
+CUDA EP, or the fp32 graph under the TensorRT EP with FP16 enabled (GPU only; the factory
+:func:`explorank.engine.backends.create_backend` picks the model for the provider).
 
 Session settings: intra-op threads = CPUs actually available to the process (cgroup /
 affinity aware, :mod:`explorank.engine.cpu`), inter-op 1 and sequential execution (a
@@ -38,7 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from explorank.engine.backends.base import PROVIDERS, Backend, check_batch, cuda_device_count
+from explorank.engine.backends.base import (
+    PROVIDERS,
+    Backend,
+    check_batch,
+    cuda_device_count,
+    tensorrt_installed,
+)
+from explorank.engine.backends.cuda_graphs import GraphPlan, run_planned
 from explorank.engine.cpu import available_cpus
 from explorank.errors import BundleError, ConfigError
 
@@ -97,23 +108,25 @@ class OrtBackend(Backend):
         self._output = output_name
         self._lock = threading.Lock()
         self._closed = False
+        self._graphs: _CudaGraphs | None = None
+        self._graph_mode = "off"
+        self.cuda_graphs = "off (not enabled)"
 
+        gpus = cuda_device_count()
         attempts = self._provider_attempts(
             provider,
             precision,
             available=ort.get_available_providers(),
-            gpus=cuda_device_count(),
+            gpus=gpus,
             max_batch_size=max_batch_size,
             max_seq_length=max_seq_length,
             trt_cache_dir=Path(trt_cache_dir) if trt_cache_dir else _default_trt_cache(),
             input_names=input_names,
+            trt_usable=tensorrt_installed(),
         )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        if gpus and any(p != [CPU_EP] for p in attempts):
+            _preload_cuda_libraries(ort)
+        opts = self._session_options()
 
         session = None
         last_error: Exception | None = None
@@ -175,6 +188,26 @@ class OrtBackend(Backend):
             self.intra_op_threads,
         )
 
+    def _session_options(self) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        return opts
+
+    @staticmethod
+    def cuda_options(precision: str, *, cuda_graph: bool = False) -> dict[str, str]:
+        """CUDA EP options: TF32 off for fp32 (it would round fp32 MatMuls to a 10-bit
+        mantissa), and ``enable_cuda_graph`` for the graph session."""
+        opts = {"use_tf32": "0" if precision == "fp32" else "1"}
+        if cuda_graph:
+            opts["enable_cuda_graph"] = "1"
+        return opts
+
     @staticmethod
     def _provider_attempts(
         provider: str,
@@ -186,9 +219,19 @@ class OrtBackend(Backend):
         max_seq_length: int,
         trt_cache_dir: Path,
         input_names: Sequence[str] = (),
+        trt_usable: bool = True,
     ) -> list[list[Any]]:
-        """Lists of providers to try in order (a pure function of its inputs, for tests)."""
+        """Lists of providers to try in order (a pure function of its inputs, for tests).
+
+        ``trt_usable``: whether TensorRT's libraries are installed; ``auto`` tries the
+        TensorRT EP only then."""
         wants_gpu = provider in ("cuda", "tensorrt")
+        if precision == "fp16" and provider == "cpu":
+            raise ConfigError(
+                "precision=fp16 runs on an NVIDIA GPU only (the CUDA or TensorRT execution "
+                "provider); set backend.provider = auto or cuda, or backend.precision = auto, "
+                "fp32 or int8 for the CPU"
+            )
         if precision == "int8" and wants_gpu:
             raise ConfigError(
                 f"precision=int8 runs on CPU only (encoder.int8.onnx uses CPU integer kernels); "
@@ -204,14 +247,21 @@ class OrtBackend(Backend):
                 f"provider={provider}: this onnxruntime build lacks {ORT_PROVIDER_NAMES[provider]} "
                 f"(available: {', '.join(available)}); install onnxruntime-gpu"
             )
-        if precision == "fp16" and provider not in ("tensorrt", "auto"):
+        if precision == "fp16" and provider == "auto" and gpus == 0:
             raise ConfigError(
-                "precision=fp16 with onnxruntime needs the TensorRT execution provider on a GPU; "
-                "set provider=tensorrt (or backend=tensorrt with a bundle plan), or precision=fp32"
+                "precision=fp16 needs an NVIDIA GPU, but none is usable here (no CUDA driver or "
+                "device, or CUDA_VISIBLE_DEVICES hides them); set backend.precision = auto, "
+                "fp32 or int8"
             )
-        if precision == "fp16" and provider == "auto" and (gpus == 0 or TRT_EP not in available):
+        if (
+            precision == "fp16"
+            and provider == "auto"
+            and not ((TRT_EP in available and trt_usable) or CUDA_EP in available)
+        ):
             raise ConfigError(
-                "precision=fp16 needs a GPU with TensorRT (none usable here); use precision=fp32 or int8 on CPU"
+                f"precision=fp16 needs onnxruntime-gpu (this onnxruntime has "
+                f"{', '.join(available)}); pip install 'explorank[gpu]', or set "
+                "backend.precision = auto, fp32 or int8"
             )
         names = list(input_names) or ["input_ids", "attention_mask"]
         shapes_min = ",".join(f"{n}:1x1" for n in names)
@@ -226,22 +276,24 @@ class OrtBackend(Backend):
             "trt_profile_opt_shapes": shapes_max,
         }
         trt = (TRT_EP, trt_opts)
+        cuda = (CUDA_EP, OrtBackend.cuda_options(precision))
         if provider == "cpu":
             return [[CPU_EP]]
         if provider == "cuda":
-            return [[CUDA_EP, CPU_EP]]
+            return [[cuda, CPU_EP]]
         if provider == "tensorrt":
             trt_cache_dir.mkdir(parents=True, exist_ok=True)
-            return [[trt, CUDA_EP, CPU_EP]]
+            return [[trt, cuda, CPU_EP]]
         # auto
         if precision == "int8" or gpus == 0:
             return [[CPU_EP]]
         attempts: list[list[Any]] = []
-        if TRT_EP in available:
+        if TRT_EP in available and trt_usable:
             trt_cache_dir.mkdir(parents=True, exist_ok=True)
-            attempts.append([trt, CUDA_EP, CPU_EP])
-        if precision != "fp16" and CUDA_EP in available:
-            attempts.append([CUDA_EP, CPU_EP])
+            attempts.append([trt, cuda, CPU_EP])
+        if CUDA_EP in available and not (precision == "fp16" and attempts):
+            # fp16 on the TensorRT EP is the fp32 graph: no fallback to the CUDA EP with it
+            attempts.append([cuda, CPU_EP])
         if precision != "fp16":
             attempts.append([CPU_EP])
         return attempts
@@ -253,9 +305,10 @@ class OrtBackend(Backend):
                 f"provider={requested} was requested but ONNX Runtime runs on {self.provider} "
                 f"(providers in use: {self.providers}); check the CUDA/cuDNN/TensorRT libraries"
             )
-        if precision == "fp16" and self.provider != TRT_EP:
+        if precision == "fp16" and self.provider not in (TRT_EP, CUDA_EP):
             raise ConfigError(
-                f"precision=fp16 needs the TensorRT execution provider, but ONNX Runtime runs on {self.provider}"
+                f"precision=fp16 runs on the GPU, but ONNX Runtime runs on {self.provider} "
+                f"(providers in use: {self.providers}); check the CUDA/cuDNN libraries"
             )
         if requested == "auto" and self.provider == CPU_EP and cuda_device_count() > 0:
             log.warning("onnxruntime: a GPU is present but the session runs on CPU")
@@ -274,10 +327,12 @@ class OrtBackend(Backend):
         session = self._session
         if session is None:
             raise RuntimeError("the ONNX Runtime backend is closed")
-        if self._io_binding:
-            out = self._run_bound(session, feeds)
-        else:
-            out = session.run([self._output], feeds)[0]
+        out = self._run_graphs(feeds) if self._graphs is not None else None
+        if out is None:
+            if self._io_binding:
+                out = self._run_bound(session, feeds)
+            else:
+                out = session.run([self._output], feeds)[0]
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (ids.shape[0], self.embedding_dim):
             raise BundleError(
@@ -294,11 +349,77 @@ class OrtBackend(Backend):
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
+    # ------------------------------------------------------------------ CUDA graphs
+    def enable_cuda_graphs(self, plan: GraphPlan, mode: str = "auto") -> str:
+        """Serve the shapes of ``plan`` from CUDA graphs; returns a status line (also kept in
+        ``self.cuda_graphs`` and :meth:`describe`).
+
+        A second session with ``enable_cuda_graph`` runs the planned shapes (each captured
+        on its first run, i.e. at warm-up); this session keeps running any other shape.
+        ``mode``: ``on`` raises :class:`ConfigError` when graphs cannot be used here,
+        ``auto`` logs why and serves without them, ``off`` does nothing."""
+        import onnxruntime as ort
+
+        if mode not in ("auto", "on", "off"):
+            raise ConfigError(f"backend.gpu.cuda_graphs must be auto, on or off; got {mode!r}")
+        self._graph_mode = mode
+        if mode == "off":
+            self.cuda_graphs = "off (backend.gpu.cuda_graphs = off)"
+            return self.cuda_graphs
+        problem = None
+        if self.provider != CUDA_EP:
+            problem = f"the encoder runs on {self.provider}, not the CUDA execution provider"
+        elif not len(plan):
+            problem = "the plan has no shapes"
+        graphs = None
+        if problem is None:
+            try:
+                session = ort.InferenceSession(
+                    str(self.model_path),
+                    self._session_options(),
+                    providers=[(CUDA_EP, self.cuda_options(self.precision, cuda_graph=True))],
+                )
+                graphs = _CudaGraphs(session, self._inputs, self._output, self.embedding_dim, plan)
+            except Exception as exc:  # ORT refuses graphs for graphs with CPU nodes, etc.
+                problem = f"ONNX Runtime cannot capture this encoder: {exc}"
+        if problem is not None:
+            if mode == "on":
+                raise ConfigError(f"backend.gpu.cuda_graphs = on: {problem}")
+            log.warning("CUDA graphs off: %s", problem)
+            self.cuda_graphs = f"off: {problem}"
+            return self.cuda_graphs
+        with self._lock:
+            self._graphs = graphs
+        self.cuda_graphs = (
+            f"on: {len(plan)} shapes (lengths {list(plan.lengths)}, batch sizes up to "
+            f"{max(max(s) for s in plan.sizes)}), captured at first use"
+        )
+        log.info("CUDA graphs %s", self.cuda_graphs)
+        return self.cuda_graphs
+
+    def _run_graphs(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        with self._lock:
+            graphs = self._graphs
+            if graphs is None:
+                return None
+            try:
+                return run_planned(graphs.plan, feeds, graphs.run)
+            except Exception as exc:
+                if self._graph_mode == "on":
+                    raise RuntimeError(
+                        f"CUDA graph run failed (backend.gpu.cuda_graphs = on): {exc}"
+                    ) from exc
+                log.warning("CUDA graph run failed (%s); serving without CUDA graphs", exc)
+                self._graphs = None
+                self.cuda_graphs = f"off: a graph run failed ({exc})"
+                return None
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._session = None
+                self._graphs = None
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -315,4 +436,95 @@ class OrtBackend(Backend):
                 "onnxruntime_version": ort.__version__,
             }
         )
+        if self._io_binding:
+            info["cuda_graphs"] = self.cuda_graphs
+            graphs = self._graphs
+            if graphs is not None:
+                info["cuda_graph_plan"] = graphs.plan.describe()
+                info["cuda_graphs_captured"] = len(graphs.slots)
         return info
+
+
+class _GraphSlot:
+    """One planned shape: device buffers bound once, and the run option naming its graph."""
+
+    __slots__ = ("binding", "inputs", "output", "run_options")
+
+    def __init__(self, binding: Any, inputs: dict[str, Any], output: Any, run_options: Any):
+        self.binding = binding
+        self.inputs = inputs
+        self.output = output
+        self.run_options = run_options
+
+
+class _CudaGraphs:
+    """The graph session and a slot per planned shape (created on first use, when ORT
+    captures that shape's graph). Calls are serialised by the backend's lock."""
+
+    def __init__(
+        self,
+        session: Any,
+        inputs: Sequence[tuple[str, Any]],
+        output: str,
+        embedding_dim: int,
+        plan: GraphPlan,
+    ) -> None:
+        self.session = session
+        self.plan = plan
+        self.slots: dict[tuple[int, int], _GraphSlot] = {}
+        self._inputs = list(inputs)
+        self._output = output
+        self._dim = embedding_dim
+        self._ids = {shape: i + 1 for i, shape in enumerate(plan.shapes)}
+
+    def _slot(self, shape: tuple[int, int]) -> _GraphSlot:
+        import onnxruntime as ort
+
+        slot = self.slots.get(shape)
+        if slot is not None:
+            return slot
+        binding = self.session.io_binding()
+        values = {}
+        for name, dtype in self._inputs:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
+            binding.bind_ortvalue_input(name, value)
+            values[name] = value
+        out = ort.OrtValue.ortvalue_from_shape_and_type(
+            (shape[0], self._dim), np.float32, "cuda", 0
+        )
+        binding.bind_ortvalue_output(self._output, out)
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("gpu_graph_id", str(self._ids[shape]))
+        slot = self.slots[shape] = _GraphSlot(binding, values, out, run_options)
+        return slot
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """``feeds`` of exactly a planned shape: copy them into the slot's buffers (one
+        host-to-device copy each), replay (or, the first time, capture) its graph, copy the
+        output back once."""
+        shape = tuple(next(iter(feeds.values())).shape)
+        slot = self._slot((int(shape[0]), int(shape[1])))
+        for name, _ in self._inputs:
+            slot.inputs[name].update_inplace(feeds[name])
+        self.session.run_with_iobinding(slot.binding, slot.run_options)
+        return np.asarray(slot.binding.copy_outputs_to_cpu()[0])
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Let ONNX Runtime find CUDA/cuDNN from the ``nvidia-*`` pip packages when they are not
+    on the loader's path (``onnxruntime.preload_dlls``, ORT >= 1.21). Its messages go to the
+    debug log: a missing library shows up as the session's own error."""
+    import contextlib
+    import io
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            preload(msvc=False)
+    except Exception as exc:  # never fatal: the session reports what is really missing
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if buf.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", buf.getvalue().strip())
