@@ -56,7 +56,15 @@ SERVE_ROW_KEYS = {
     "avg_batch_size",
     "padding_efficiency",
 }
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+GPU_BACKENDS = (
+    "pytorch-cuda",
+    "pytorch-cuda-fp16",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-cuda-fp16-nograph",
+    "ort-trt",
+    "tensorrt",
+)
 
 # --- FLOPs and statistics ----------------------------------------------------------------------
 
@@ -321,6 +329,90 @@ def test_pytorch_model_dir_resolution_and_skip_reason(tiny_model_dir: Path, tmp_
     assert ready == [] and skipped == [{"backend": "pytorch", "reason": note}]
     with pytest.raises(InvalidArgumentError, match="--model"):
         resolve_model_dir(unknown, tmp_path, is_default=False)  # type: ignore[arg-type]
+
+
+def test_gpu_rows_compare_with_pytorch_on_the_gpu(tiny_bundle: Path, tmp_path: Path) -> None:
+    """GPU rows take PyTorch on the GPU as their baseline, CPU rows PyTorch on the CPU; the
+    headline's GPU ratios come from the right rows (stand-in backends: no GPU needed)."""
+    from explorank.benchmarks.latency.encoder_backends import BenchBackend
+    from explorank.engine.backends.cuda_graphs import GraphPlan
+
+    seen: dict[str, Any] = {}
+
+    speeds = {
+        "pytorch": 8.0,
+        "ort-fp32": 4.0,
+        "pytorch-cuda": 2.0,
+        "ort-cuda-fp16": 0.5,
+        "ort-cuda-fp16-nograph": 1.0,
+    }
+    # each backend's "time" is a fixed cost per call, read through a fake timer
+    current: dict[str, float] = {"t": 0.0}
+
+    def opener(bundle: Any, names: list[str], **kwargs: Any) -> Any:
+        seen.update(kwargs)
+
+        def make(name: str) -> Any:
+            def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                current["t"] += speeds[name]
+                return np.ones((ids.shape[0], 4), np.float32)
+
+            return encode
+
+        gpu = ("pytorch-cuda", "ort-cuda-fp16", "ort-cuda-fp16-nograph")
+        return [
+            BenchBackend(n, make(n), "gpu" if n in gpu else "cpu", {"provider": n}) for n in names
+        ], []
+
+    cfg = EncoderBenchConfig(
+        bundle=tiny_bundle,
+        backends=list(speeds),
+        batch_sizes=[1, 32],
+        seq_lens=[16, 64],
+        repeats=2,
+        warmup=1,
+        ceiling_n=128,
+        ceiling_repeats=1,
+        gap_ms=0.0,
+        block=1,
+        settle=0,
+    )
+    report = run_encoder_bench(
+        cfg, progress=lambda m: None, timer=lambda: current["t"], backend_opener=opener
+    )
+    plan = seen["graph_plan"]
+    assert isinstance(plan, GraphPlan) and plan.shapes == [(1, 16), (32, 16), (1, 64), (32, 64)]
+    for row in report["rows"]:
+        expected_base = "pytorch-cuda" if row["device"] == "gpu" else "pytorch"
+        assert row["speedup_base"] == expected_base
+        assert row["speedup_vs_pytorch"] == pytest.approx(
+            speeds[expected_base] / speeds[row["backend"]]
+        )
+    h = report["headline"]
+    assert h["cuda_fp16_vs_pytorch_cuda"] == pytest.approx(4.0)
+    assert h["cuda_graphs_vs_none"] == pytest.approx(2.0)
+    assert h["cuda_graphs_vs_none_smallest_shape"] == pytest.approx(2.0)
+    assert h["smallest_shape"] == {"batch_size": 1, "seq_len": 16}
+    assert h["cuda_fp16_vs_cuda_fp32"] is None  # ort-cuda did not run
+    from explorank.benchmarks.latency.report import encoder_markdown
+
+    assert "CUDA graphs vs none (fp16): 2.00×" in encoder_markdown(report)
+
+
+def test_bench_encoder_provider_cuda_without_a_gpu_says_why(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from explorank.cli import main
+    from explorank.engine.backends import cuda_device_count
+
+    if cuda_device_count() > 0:
+        pytest.skip("checks the no-GPU path; a GPU is present")
+    args = ["bench", "encoder", "--bundle", str(tiny_bundle), "--provider", "cuda"]
+    assert main([*args, "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for name in ("pytorch-cuda", "ort-cuda-fp16", "ort-cuda-fp16-nograph", "tensorrt"):
+        assert f"skipping {name}: no NVIDIA GPU" in err
+    assert "none of the requested backends can run here" in err
 
 
 def test_bench_cli_bad_input_exits_2(

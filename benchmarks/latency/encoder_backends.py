@@ -6,13 +6,22 @@ mean pooling over the attention mask and L2 normalisation — the same function 
 exported encoder computes — returning numpy like the engine backends do. The other
 names map onto :func:`explorank.engine.backends.create_backend`:
 
-==========  ====================================================
-ort-fp32    ONNX Runtime CPU, fused fp32 ``encoder.onnx``
-ort-int8    ONNX Runtime CPU, ``encoder.int8.onnx``
-ort-cuda    ONNX Runtime CUDA EP, fp32 (GPU)
-ort-trt     ONNX Runtime TensorRT EP, fp16 (GPU)
-tensorrt    native TensorRT plan ``encoder.plan``, fp16 (GPU)
-==========  ====================================================
+=====================  =============================================================
+ort-fp32               ONNX Runtime CPU, fused fp32 ``encoder.onnx``
+ort-int8               ONNX Runtime CPU, ``encoder.int8.onnx``
+pytorch-cuda           the PyTorch baseline on the GPU, fp32 (the GPU rows' baseline)
+pytorch-cuda-fp16      the PyTorch baseline on the GPU, ``model.half()``
+ort-cuda               ONNX Runtime CUDA EP, fp32 ``encoder.onnx``, IO binding, CUDA graphs
+ort-cuda-fp16          ONNX Runtime CUDA EP, ``encoder.fp16.onnx``, IO binding, CUDA graphs
+                       (as served)
+ort-cuda-fp16-nograph  the same without CUDA graphs (what the graphs are worth)
+ort-trt                ONNX Runtime TensorRT EP, fp16 (GPU)
+tensorrt               native TensorRT plan ``encoder.plan``, fp16 (GPU)
+=====================  =============================================================
+
+The CUDA-EP backends get a CUDA graph for every (batch, seq) shape of the run (``graph_plan``),
+captured during the untimed warm-up, with ``cuda_graphs = auto``: where ONNX Runtime cannot
+capture, the row runs without and ``describe`` says why.
 
 A backend that cannot run here (no torch, no GPU, no plan, no INT8 model) is returned
 in ``skipped`` with the reason, never silently dropped.
@@ -35,7 +44,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BenchBackend", "open_backends", "packaged_minilm_dir", "resolve_model_dir"]
 
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+GPU_BACKENDS = (
+    "pytorch-cuda",
+    "pytorch-cuda-fp16",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-cuda-fp16-nograph",
+    "ort-trt",
+    "tensorrt",
+)
+TORCH_BACKENDS = ("pytorch", "pytorch-cuda", "pytorch-cuda-fp16")
 #: The name ``explorank export`` gives bundles of the packaged model (export/pipeline.py).
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -107,7 +125,15 @@ def resolve_model_dir(
     )
 
 
-def _open_pytorch(model_dir: Path | None, note: str, threads: int) -> BenchBackend:
+def _open_pytorch(
+    model_dir: Path | None, note: str, threads: int, name: str = "pytorch"
+) -> BenchBackend:
+    on_gpu = name != "pytorch"
+    if on_gpu:
+        from explorank.engine.backends import cuda_device_count
+
+        if cuda_device_count() == 0:
+            raise _Skip("no NVIDIA GPU visible (the CUDA driver reports no device)")
     if model_dir is None:
         raise _Skip(note)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,24 +142,33 @@ def _open_pytorch(model_dir: Path | None, note: str, threads: int) -> BenchBacke
         from transformers import AutoModel
     except ImportError as exc:
         raise _Skip(f"{exc.name} is not installed (pip install 'explorank[export]')") from exc
+    if on_gpu and not torch.cuda.is_available():
+        raise _Skip(f"this torch ({torch.__version__}) has no CUDA GPU support")
     torch.set_num_threads(threads)
     model = AutoModel.from_pretrained(str(model_dir)).eval()
+    device = "cuda" if on_gpu else "cpu"
+    model = model.to(device)
+    if name == "pytorch-cuda-fp16":
+        model = model.half()
 
     def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t_mask = torch.from_numpy(mask)
-            hidden = model(input_ids=torch.from_numpy(ids), attention_mask=t_mask).last_hidden_state
+            t_mask = torch.from_numpy(mask).to(device)
+            t_ids = torch.from_numpy(ids).to(device)
+            hidden = model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state.float()
             m = t_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            # .cpu() waits for the GPU: the timing covers the whole call, as for the others
+            return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
     attn = getattr(model.config, "_attn_implementation", None)
     return BenchBackend(
-        "pytorch",
+        name,
         encode,
-        "cpu",
+        "gpu" if on_gpu else "cpu",
         {
-            "provider": "torch eager",
+            "provider": "torch eager" + (f" on {torch.cuda.get_device_name(0)}" if on_gpu else ""),
+            "precision": "fp16" if name.endswith("fp16") else "fp32",
             "torch": torch.__version__,
             "threads": threads,
             "attention": attn,
@@ -143,7 +178,7 @@ def _open_pytorch(model_dir: Path | None, note: str, threads: int) -> BenchBacke
 
 
 def _open_engine_backend(
-    bundle: Bundle, name: str, threads: int, max_batch_size: int
+    bundle: Bundle, name: str, threads: int, max_batch_size: int, graph_plan: Any = None
 ) -> BenchBackend:
     from explorank.engine.backends import create_backend, cuda_device_count
 
@@ -153,6 +188,8 @@ def _open_engine_backend(
         "ort-fp32": dict(backend="onnxruntime", precision="fp32", provider="cpu"),
         "ort-int8": dict(backend="onnxruntime", precision="int8", provider="cpu"),
         "ort-cuda": dict(backend="onnxruntime", precision="fp32", provider="cuda"),
+        "ort-cuda-fp16": dict(backend="onnxruntime", precision="fp16", provider="cuda"),
+        "ort-cuda-fp16-nograph": dict(backend="onnxruntime", precision="fp16", provider="cuda"),
         "ort-trt": dict(backend="onnxruntime", precision="fp16", provider="tensorrt"),
         "tensorrt": dict(backend="tensorrt", precision="fp16", provider="auto"),
     }[name]
@@ -166,6 +203,8 @@ def _open_engine_backend(
         if name in GPU_BACKENDS:
             raise _Skip(f"{type(exc).__name__}: {exc}") from exc
         raise
+    if name in ("ort-cuda", "ort-cuda-fp16") and graph_plan is not None:
+        be.enable_cuda_graphs(graph_plan, "auto")  # type: ignore[attr-defined]
     device = "gpu" if name in GPU_BACKENDS else "cpu"
     return BenchBackend(name, be.encode, device, dict(be.describe()), be.close)
 
@@ -178,16 +217,21 @@ def open_backends(
     model_note: str,
     threads: int,
     max_batch_size: int,
+    graph_plan: Any = None,
 ) -> tuple[list[BenchBackend], list[dict[str, str]]]:
-    """Open each requested backend; returns (ready backends in request order, skipped with reasons)."""
+    """Open each requested backend; returns (ready backends in request order, skipped with
+    reasons). ``graph_plan`` (a :class:`~explorank.engine.backends.cuda_graphs.GraphPlan`)
+    gives the CUDA-EP backends their graphs."""
     ready: list[BenchBackend] = []
     skipped: list[dict[str, str]] = []
     for name in names:
         try:
-            if name == "pytorch":
-                ready.append(_open_pytorch(model_dir, model_note, threads))
+            if name in TORCH_BACKENDS:
+                ready.append(_open_pytorch(model_dir, model_note, threads, name))
             else:
-                ready.append(_open_engine_backend(bundle, name, threads, max_batch_size))
+                ready.append(
+                    _open_engine_backend(bundle, name, threads, max_batch_size, graph_plan)
+                )
         except _Skip as exc:
             skipped.append({"backend": name, "reason": str(exc)})
     return ready, skipped

@@ -17,7 +17,8 @@ Method (docs/benchmarks.md explains the choices):
   shape takes about ``shape_budget_s`` (large shapes on small machines would otherwise
   run for many minutes), never fewer than ``min_repeats``. Each row records its count.
 * **Throughput** is ``batch / mean latency``; ``speedup_vs_pytorch`` is the throughput
-  ratio to PyTorch eager measured in the same run; ``gflops`` uses :mod:`.flops`;
+  ratio to PyTorch eager measured in the same run (on the GPU rows: to ``pytorch-cuda``,
+  PyTorch eager fp32 on the same GPU, when it ran; the row's ``speedup_base`` names it); ``gflops`` uses :mod:`.flops`;
   ``pct_of_ceiling`` compares CPU backends with the measured sgemm rate (:mod:`.ceiling`).
 """
 
@@ -53,7 +54,31 @@ __all__ = [
 
 log = logging.getLogger("explorank.bench")
 
-BACKEND_CHOICES = ("pytorch", "ort-fp32", "ort-int8", "ort-cuda", "ort-trt", "tensorrt")
+BACKEND_CHOICES = (
+    "pytorch",
+    "ort-fp32",
+    "ort-int8",
+    "pytorch-cuda",
+    "pytorch-cuda-fp16",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-cuda-fp16-nograph",
+    "ort-trt",
+    "tensorrt",
+)
+#: ``--provider``: the backends run when ``--backends`` is not given.
+PROVIDER_BACKENDS = {
+    "cpu": ("pytorch", "ort-fp32", "ort-int8"),
+    "cuda": (
+        "pytorch-cuda",
+        "pytorch-cuda-fp16",
+        "ort-cuda",
+        "ort-cuda-fp16",
+        "ort-cuda-fp16-nograph",
+        "ort-trt",
+        "tensorrt",
+    ),
+}
 EncodeFn = Callable[[np.ndarray, np.ndarray], Any]
 
 
@@ -262,7 +287,9 @@ def summarise(
         "p99_ms": p99,
         "mean_ms": mean_s * 1000.0,
         "throughput_seq_s": batch / mean_s if mean_s > 0 else 0.0,
+        "device": backend.device,
         "speedup_vs_pytorch": None,
+        "speedup_base": None,
         "gflops": gflops,
         "pct_of_ceiling": pct,
         "repeats": len(times_s),
@@ -310,6 +337,10 @@ def run_encoder_bench(
     threads = config.threads or available_cpus()
     model_dir, model_note = resolve_model_dir(bundle, config.model_dir, is_default=is_default)
 
+    from explorank.engine.backends.cuda_graphs import GraphPlan
+
+    sizes = tuple(sorted(set(config.batch_sizes)))
+    lengths = tuple(sorted(set(config.seq_lens)))
     backends, skipped = backend_opener(
         bundle,
         config.backends,
@@ -317,6 +348,7 @@ def run_encoder_bench(
         model_note=model_note,
         threads=threads,
         max_batch_size=max(config.batch_sizes),
+        graph_plan=GraphPlan(lengths, tuple(sizes for _ in lengths)),
     )
     for s in skipped:
         progress(f"skipping {s['backend']}: {s['reason']}")
@@ -382,10 +414,15 @@ def run_encoder_bench(
             shape_rows = [
                 summarise(b, samples[b.name], batch, seq, flops, ceiling.gflops) for b in backends
             ]
-            base = next((r for r in shape_rows if r["backend"] == "pytorch"), None)
+            bases = {
+                r["backend"]: r for r in shape_rows if r["backend"] in ("pytorch", "pytorch-cuda")
+            }
             for r in shape_rows:
+                base = bases.get("pytorch-cuda") if r["device"] == "gpu" else None
+                base = base or bases.get("pytorch")
                 if base is not None and base["throughput_seq_s"] > 0:
                     r["speedup_vs_pytorch"] = r["throughput_seq_s"] / base["throughput_seq_s"]
+                    r["speedup_base"] = base["backend"]
             rows.extend(shape_rows)
             n = shape_rows[0]["repeats"]
             progress(

@@ -24,7 +24,23 @@ def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> di
         return float(x["throughput_seq_s"] / y["throughput_seq_s"]) if (x and y) else None
 
     gate = (manifest.get("parity") or {}).get("int8")
+    # the GPU rows (None without a GPU): the fp16 encoder as served against PyTorch eager fp32
+    # on the same GPU and against fp32 on the CUDA EP; CUDA graphs against none, at the
+    # headline shape and at the smallest shape measured (where launch overhead dominates)
+    fp16, nograph = at.get("ort-cuda-fp16"), at.get("ort-cuda-fp16-nograph")
+    shapes = sorted({(r["batch_size"], r["seq_len"]) for r in rows})
+    small = {
+        r["backend"]: r for r in rows if shapes and (r["batch_size"], r["seq_len"]) == shapes[0]
+    }
     return {
+        "cuda_fp16_vs_pytorch_cuda": ratio(fp16, at.get("pytorch-cuda")),
+        "cuda_fp16_vs_pytorch_cuda_fp16": ratio(fp16, at.get("pytorch-cuda-fp16")),
+        "cuda_fp16_vs_cuda_fp32": ratio(fp16, at.get("ort-cuda")),
+        "cuda_graphs_vs_none": ratio(fp16, nograph),
+        "cuda_graphs_vs_none_smallest_shape": ratio(
+            small.get("ort-cuda-fp16"), small.get("ort-cuda-fp16-nograph")
+        ),
+        "smallest_shape": {"batch_size": shapes[0][0], "seq_len": shapes[0][1]} if shapes else None,
         "shape": {"batch_size": b, "seq_len": s},
         "int8_vs_pytorch": ratio(int8, torch_row),
         "fp32_vs_pytorch": ratio(fp32, torch_row),

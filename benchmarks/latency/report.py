@@ -85,6 +85,19 @@ def encoder_markdown(report: dict[str, Any], command: str = "") -> str:
         f"- ONNX Runtime fp32 vs PyTorch eager: {_fmt(h.get('fp32_vs_pytorch'))}×; INT8 vs fp32: "
         f"{_fmt(h.get('int8_vs_fp32'))}×",
         f"- ONNX Runtime fp32 at **{_fmt(h.get('fp32_pct_of_ceiling'), 1)}%** of the matmul ceiling",
+    ]
+    if h.get("cuda_fp16_vs_pytorch_cuda") is not None or h.get("cuda_graphs_vs_none") is not None:
+        small = h.get("smallest_shape") or {}
+        lines += [
+            f"- GPU: ONNX Runtime CUDA EP fp16 (CUDA graphs) vs PyTorch eager fp32 on the GPU: "
+            f"**{_fmt(h.get('cuda_fp16_vs_pytorch_cuda'))}×**, vs PyTorch fp16: "
+            f"{_fmt(h.get('cuda_fp16_vs_pytorch_cuda_fp16'))}×, vs CUDA EP fp32: "
+            f"{_fmt(h.get('cuda_fp16_vs_cuda_fp32'))}×",
+            f"- GPU: CUDA graphs vs none (fp16): {_fmt(h.get('cuda_graphs_vs_none'))}× here, "
+            f"{_fmt(h.get('cuda_graphs_vs_none_smallest_shape'))}× at batch "
+            f"{small.get('batch_size')} × seq {small.get('seq_len')}",
+        ]
+    lines += [
         "",
         "## Results",
         "",
@@ -131,6 +144,8 @@ def encoder_markdown(report: dict[str, Any], command: str = "") -> str:
     lines += [
         "",
         "INT8 GFLOP/s count the same (float) FLOPs; integer kernels can exceed the fp32 ceiling.",
+        "On the GPU rows, × pytorch is against `pytorch-cuda` (PyTorch eager fp32 on the same "
+        "GPU) when it ran; % ceiling is for CPU rows only.",
         "",
     ]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ _ENCODER_FLAGS = (
     "bundle",
     "model",
     "backends",
+    "provider",
     "batch_sizes",
     "seq_lens",
     "repeats",
@@ -93,8 +94,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     enc.add_argument(
         "--backends",
-        help="comma list from pytorch,ort-fp32,ort-int8,ort-cuda,ort-trt,tensorrt "
-        "(default: all; unavailable ones are reported as skipped)",
+        help="comma list from pytorch,ort-fp32,ort-int8,pytorch-cuda,pytorch-cuda-fp16,ort-cuda,"
+        "ort-cuda-fp16,ort-cuda-fp16-nograph,ort-trt,tensorrt "
+        "(default: those of --provider, else all; unavailable ones are reported as skipped)",
+    )
+    enc.add_argument(
+        "--provider",
+        choices=["cpu", "cuda"],
+        help="without --backends: cpu = pytorch,ort-fp32,ort-int8; cuda = the GPU backends "
+        "(PyTorch eager on the GPU, the CUDA EP fp32/fp16 with and without CUDA graphs, "
+        "TensorRT where installed)",
     )
     enc.add_argument("--batch-sizes", help="comma list (default 1,8,32,128; quick 1,32)")
     enc.add_argument("--seq-lens", help="comma list (default 16,32,64,128; quick 16,64)")
@@ -219,13 +228,20 @@ def _command_line(args: argparse.Namespace, kind: str, flags: tuple[str, ...]) -
 
 
 def _run_encoder(args: argparse.Namespace) -> int:
-    from explorank.benchmarks.latency.encoder_bench import EncoderBenchConfig, run_encoder_bench
+    from explorank.benchmarks.latency.encoder_bench import (
+        PROVIDER_BACKENDS,
+        EncoderBenchConfig,
+        run_encoder_bench,
+    )
     from explorank.benchmarks.latency.report import write_encoder_report
 
+    backends = _names(args.backends, "--backends")
+    if backends is None and args.provider:
+        backends = list(PROVIDER_BACKENDS[args.provider])
     given = dict(
         bundle=args.bundle,
         model_dir=args.model,
-        backends=_names(args.backends, "--backends"),
+        backends=backends,
         batch_sizes=_list(args.batch_sizes, "--batch-sizes"),
         seq_lens=_list(args.seq_lens, "--seq-lens"),
         repeats=args.repeats,
@@ -246,6 +262,12 @@ def _run_encoder(args: argparse.Namespace) -> int:
         f"ceiling {report['ceiling_gflops']:.1f} GFLOP/s; at batch 32 x seq 64: int8 vs pytorch "
         f"{_x(h['int8_vs_pytorch'])}, fp32 {_x(h['fp32_pct_of_ceiling'], '%')} of ceiling"
     )
+    if h.get("cuda_fp16_vs_pytorch_cuda") is not None or h.get("cuda_graphs_vs_none") is not None:
+        _say(
+            f"GPU: cuda fp16 vs pytorch-cuda {_x(h['cuda_fp16_vs_pytorch_cuda'])}, vs cuda fp32 "
+            f"{_x(h['cuda_fp16_vs_cuda_fp32'])}; CUDA graphs vs none {_x(h['cuda_graphs_vs_none'])} "
+            f"({_x(h['cuda_graphs_vs_none_smallest_shape'])} at the smallest shape)"
+        )
     _say("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
