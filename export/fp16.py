@@ -42,6 +42,7 @@ __all__ = [
     "ENCODER_OPS",
     "OP_BLOCK_LIST",
     "convert_encoder_fp16",
+    "drop_duplicate_nodes",
     "fp16_gate",
     "gate_device",
     "pooling_head",
@@ -162,6 +163,7 @@ def convert_encoder_fp16(
         raise ExportError(f"fp16 conversion of {Path(src).name} failed: {exc}") from exc
     finally:
         logging.disable(previous)
+    duplicates = drop_duplicate_nodes(converted)
     if _io_types(converted) != io_types:
         raise ExportError(
             f"fp16 conversion changed the encoder's input/output types {io_types} -> "
@@ -181,7 +183,43 @@ def convert_encoder_fp16(
         "fp32_nodes": head,
         "initializers": dict(sorted(inits.items())),
         "casts": int(ops.get("Cast", 0)),
+        "duplicate_nodes_dropped": duplicates,
+        "onnxruntime": _ort_version(),
     }
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+def drop_duplicate_nodes(model: Any) -> int:
+    """Remove nodes that repeat an earlier node exactly (same name, op, inputs, outputs and
+    attributes); returns how many. ONNX Runtime's converter up to 1.31 inserts one Cast per
+    blocked consumer of an fp16 tensor, all with the same name and output (fixed in 1.32),
+    which ONNX Runtime then refuses to load ("two nodes with same node name")."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    dropped = len(model.graph.node) - len(keep)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        names: set[str] = set()
+        infos = []
+        for vi in model.graph.value_info:
+            if vi.name not in names:
+                names.add(vi.name)
+                infos.append(vi)
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(infos)
+    return dropped
 
 
 def _io_types(model: Any) -> dict[str, int]:

@@ -119,19 +119,60 @@ def test_op_block_list_keeps_unfused_sensitive_ops_fp32(tmp_path: Path) -> None:
     assert _types(onnx.load(str(tmp_path / "all16.onnx")))["gamma"] == TensorProto.FLOAT16
 
 
+def test_duplicate_nodes_from_older_converters_are_dropped(tmp_path: Path) -> None:
+    """ONNX Runtime <= 1.31's converter emits the same Cast twice when an fp16 tensor feeds two
+    fp32 nodes (our masked-mean pooling does): such a graph does not load until deduplicated."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    cast = helper.make_node(
+        "Cast", ["x"], ["x32"], to=TensorProto.FLOAT, name="x_cast_to_fp32_node"
+    )
+    nodes = [
+        cast,
+        helper.make_node("Relu", ["x32"], ["a"], name="relu"),
+        copy.deepcopy(cast),
+        helper.make_node("Add", ["a", "x32"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        value_info=[helper.make_tensor_value_info("x32", TensorProto.FLOAT, [2])] * 2,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(Exception, match="same node name"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert fp16_mod.drop_duplicate_nodes(model) == 1
+    assert [n.name for n in model.graph.node] == ["x_cast_to_fp32_node", "relu", "add"]
+    assert len(model.graph.value_info) == 1
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": np.array([-1.0, 2.0], np.float16)})[0]
+    np.testing.assert_array_equal(out, [-1.0, 4.0])
+    assert fp16_mod.drop_duplicate_nodes(model) == 0
+
+
 def test_export_gate_and_manifest_entry(tiny_fp16_bundle: Path) -> None:
     manifest = json.loads((tiny_fp16_bundle / "manifest.json").read_text())
     enc = manifest["encoder"]
     assert enc["fp16"] == "encoder.fp16.onnx" and enc["tensorrt"] is None
     assert enc["fp16_config"]["keep_io_types"] is True
+    assert enc["fp16_config"]["onnxruntime"] and enc["fp16_config"]["duplicate_nodes_dropped"] >= 0
     assert "encoder.fp16.onnx" in manifest["files"]
     assert manifest["precisions"] == ["fp32", "fp16"]
     gate = manifest["parity"]["fp16_onnx"]
     assert gate["passed"] is True and gate["tolerances"] == {"min_cosine": 0.995}
     assert gate["min_cosine"] >= 0.995 and gate["n"] == manifest["validation"]["texts"]
-    # no GPU here: measured on the CPU EP, and the note says what that does not cover
-    assert gate["measured_on"] == "CPUExecutionProvider"
-    assert "checked at load" in gate["note"]
+    # where it ran: the CUDA EP on a GPU machine with onnxruntime-gpu, else the CPU EP, and
+    # then the note says what that does not cover
+    provider, note = fp16_mod.gate_device()
+    assert gate["measured_on"] == provider and gate["note"] == note
+    if provider == "CPUExecutionProvider":
+        assert "checked at load" in gate["note"]
 
 
 def test_bundle_round_trip_with_fp16(tiny_fp16_bundle: Path) -> None:
