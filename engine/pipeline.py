@@ -31,7 +31,6 @@ from typing import Any
 from explorank import __version__
 from explorank.engine import generation
 from explorank.engine.bundle import Bundle, load_bundle
-from explorank.engine.catalog import Catalog
 from explorank.engine.config import Config
 from explorank.engine.decider import Decider
 from explorank.engine.decision import Decision, to_event
@@ -39,6 +38,7 @@ from explorank.engine.embedder import Embedder
 from explorank.engine.feedback import EventLog, Feedback
 from explorank.engine.generation import Generation
 from explorank.engine.int8_check import PrecisionChoice
+from explorank.engine.live import LiveChanges
 from explorank.engine.metrics import EngineMetrics
 from explorank.engine.requests import (
     RankedItemOutput,
@@ -46,17 +46,14 @@ from explorank.engine.requests import (
     RankOutput,
     RewardOutput,
     request_fingerprint,
-    validate_catalog_item,
     validate_rank,
 )
 from explorank.errors import (
     AlreadyExistsError,
     ConfigError,
-    FailedPreconditionError,
-    InvalidArgumentError,
     UnavailableError,
 )
-from explorank.plugins.api import CatalogChange, EventRecord, StateStore
+from explorank.plugins.api import EventRecord, StateStore
 from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
@@ -121,11 +118,12 @@ class Engine:
             self.plugins.require("state store", config.state.store)
             store = self.plugins.create_store(config.state.store, **config.state.store_options())
         self.store = store
+        self.live = LiveChanges(self)
         cc = config.cache
         self.events = EventLog(
             store,
             lambda: self.gen.catalog,
-            previous=lambda version: self._previous_catalogs.get(version),
+            previous=lambda version: self.live.previous_catalogs.get(version),
             cache_entries=cc.event_max_entries,
             cache_bytes=int(cc.event_max_mb * (1 << 20)),
         )
@@ -140,9 +138,6 @@ class Engine:
         self._running_events: dict[str, asyncio.Future[EventRecord | None]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        self._previous_catalogs: dict[str, Catalog] = {}
-        self._reloading = asyncio.Lock()
-        self._catalog_lock = asyncio.Lock()
 
     # The served generation's parts (a reload replaces all of them at once).
     @property
@@ -196,7 +191,7 @@ class Engine:
             )
         jobs = self.feedback.background_tasks()
         if self.store.shared and self.store.supports_catalog_changes:
-            jobs.append(("explorank-catalog-sync", self._catalog_sync_loop))
+            jobs.append(("explorank-catalog-sync", self.live.catalog_sync_loop))
         for name, job in jobs:
             self._tasks.append(asyncio.create_task(supervise(name, job), name=name))
         self.ready = True
@@ -376,109 +371,23 @@ class Engine:
         return RankOutput(event.event_id, items, event.model_version, event.scorer, event.policy)
 
     # ----------------------------------------------------------------- hot reload
+    # ------------------------------------------------- changes while serving (live.py)
     async def reload(self, path: str | Path | None = None) -> dict[str, Any]:
-        """Load, verify and warm up the bundle at ``path`` (default: the configured one)
-        next to the serving one, switch to it atomically, and stop the old one once the
-        calls that started on it are done. Any failure leaves the old one serving."""
-        if self._reloading.locked():
-            raise FailedPreconditionError("a reload is already in progress; try again later")
-        async with self._reloading:
-            target = Path(path) if path else self.config.model.bundle
-            if target is None:
-                raise InvalidArgumentError("bundle", "no bundle given and none configured")
-            t0 = time.perf_counter()
-            mc = self.config.model
-            bundle = await asyncio.to_thread(
-                load_bundle, target, verify=mc.verify_checksums, trusted_keys=mc.trusted_keys
-            )
-            new = await asyncio.to_thread(
-                generation.prepare, self.config, bundle, self.metrics, decider=self.decider
-            )
-            try:
-                await new.embedder.start(warmup=True)
-                if self.store.supports_catalog_changes:
-                    async with self._catalog_lock:
-                        changes = await self.store.catalog_changes(0)
-                        await generation.apply_changes(new.embedder, changes)
-            except BaseException:
-                await new.close(0.0)
-                raise
-            old = self.gen
-            self.gen = new  # the switch: every Rank from here on uses the new generation
-            # events the old bundle ranked still learn from its (bundled) item embeddings
-            self._previous_catalogs = {old.catalog.model_version: old.catalog}
-            self.decider.use_scorers(new.scorers, new.scorer_problems)
-            self.metrics.observe_precision(new.precision_choice.served, new.precision_choice.check)
-            seconds = time.perf_counter() - t0
-            log.info("reload: %s", generation.describe_swap(old, new, seconds))
-            await old.close(self.config.server.grace_s)
-            return {
-                "model_version": new.bundle.model_version,
-                "previous_version": old.bundle.model_version,
-                "catalog_size": len(new.catalog),
-                "seconds": seconds,
-            }
+        """Swap in the bundle at ``path`` (default: the configured one); see
+        :meth:`LiveChanges.reload`."""
+        return await self.live.reload(path)
 
-    # -------------------------------------------------------------------- catalog
     async def add_items(self, items: list[tuple[str, str]]) -> dict[str, int]:
-        """Add items (id, text) to the catalog, durably, then apply every change the store
-        holds that this replica has not applied yet."""
-        bundled = self.gen.catalog.bundled
-        for i, (item_id, text) in enumerate(items):
-            validate_catalog_item(item_id, text, self.config.limits, f"items[{i}]")
-            if item_id in bundled:
-                raise AlreadyExistsError(
-                    f"items[{i}].item_id: {item_id!r} is in the bundle's catalog; "
-                    "a bundled item's text changes only with a new bundle (export, then reload)"
-                )
-        now = time.time()
-        changes = [CatalogChange("add", item_id, text, now) for item_id, text in items]
-        return await self._change_catalog(changes)
+        """Add catalog items (id, text) durably, on every replica."""
+        return await self.live.add_items(items)
 
     async def remove_items(self, item_ids: list[str]) -> dict[str, int]:
-        """Retire items: never ranked again (rewards of past events are still learned)."""
-        for i, item_id in enumerate(item_ids):
-            validate_catalog_item(item_id, "", self.config.limits, f"item_ids[{i}]")
-        now = time.time()
-        return await self._change_catalog([CatalogChange("remove", i, "", now) for i in item_ids])
-
-    async def _change_catalog(self, changes: list[CatalogChange]) -> dict[str, int]:
-        self._enter()
-        try:
-            if not self.store.supports_catalog_changes:
-                raise FailedPreconditionError(
-                    f"the {self.store.name!r} state store cannot keep catalog changes; "
-                    "use the sqlite or redis store"
-                )
-            if not changes:
-                raise InvalidArgumentError("items", "no items given")
-            await self.store.log_catalog_changes(changes)
-            await self.sync_catalog()
-            added = sum(c.kind == "add" for c in changes)
-            return {
-                "added": added,
-                "removed": len(changes) - added,
-                "catalog_size": len(self.gen.catalog),
-            }
-        finally:
-            self._leave()
+        """Retire catalog items: never ranked again."""
+        return await self.live.remove_items(item_ids)
 
     async def sync_catalog(self) -> int:
         """Apply the store's catalog changes this replica has not applied yet."""
-        async with self._catalog_lock:
-            gen = self.gen
-            changes = await self.store.catalog_changes(gen.catalog.seq)
-            if not changes:
-                return 0
-            applied = await generation.apply_changes(gen.embedder, changes)
-            log.info("catalog: %d changes applied, %d items rankable", applied, len(gen.catalog))
-            return applied
-
-    async def _catalog_sync_loop(self) -> None:
-        interval = self.config.state.sync_interval_ms / 1000.0
-        while True:
-            await asyncio.sleep(interval)
-            await self.sync_catalog()
+        return await self.live.sync_catalog()
 
     # --------------------------------------------------------------------- Reward
     async def reward(self, event_id: str, item_id: str, value: float) -> RewardOutput:

@@ -360,7 +360,12 @@ def test_bench_serve_scenario_flags(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = str(tmp_path)
     assert main(["bench", "serve", "--scenario", "storm", "--out", out]) == 2
     assert "--scenario" in capsys.readouterr().err
-    for flag, value in (("--overload-factor", "0"), ("--deadline-s", "-1"), ("--soak-s", "0")):
+    for flag, value in (
+        ("--overload-factor", "0"),
+        ("--deadline-s", "-1"),
+        ("--soak-s", "0"),
+        ("--greedy-texts", "0"),
+    ):
         assert main(["bench", "serve", flag, value, "--out", out]) == 2
         assert flag in capsys.readouterr().err
     from explorank.cli.bench import _scenarios
@@ -374,3 +379,37 @@ def test_bench_serve_scenario_flags(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert _scenarios(Args()) == ["overload", "soak"]  # type: ignore[arg-type]
     Args.scenario, Args.soak_s = "sweep,soak", None
     assert _scenarios(Args()) == ["sweep", "soak"]  # type: ignore[arg-type]
+
+
+def test_greedy_scenario_end_to_end_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    from explorank.benchmarks.latency.greedy import greedy_request
+    from explorank.benchmarks.latency.report import write_serve_report
+    from explorank.benchmarks.latency.serve_bench import ServeBenchConfig, run_serve_bench
+    from explorank.benchmarks.latency.serve_load import RequestFactory
+
+    factory = RequestFactory([("a", "alpha text"), ("b", "beta text")], candidates=2)
+    one, two = greedy_request(factory, 30, 1), greedy_request(factory, 30, 2)
+    assert len(one.candidates) == 30 and all(c.text for c in one.candidates)
+    texts = {c.text for c in one.candidates} | {c.text for c in two.candidates}
+    assert len(texts) == 60  # every text new: nothing the server could have cached
+    cfg = ServeBenchConfig(
+        bundle=tiny_bundle,
+        scenarios=["greedy"],
+        duration_s=1.0,
+        warmup_s=0.3,
+        candidates=10,
+        timeout_s=5.0,
+        greedy_texts=40,
+    )
+    report = run_serve_bench(cfg, progress=lambda m: None, logs_dir=tmp_path / "logs")
+    write_serve_report(report, tmp_path, "explorank bench serve --scenario greedy (test)")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["failed"] == [] and data["rows"] == []
+    g = data["greedy"]
+    assert g["greedy_texts"] == 40 and g["small_clients"] == 4
+    for window in ("alone", "with_greedy"):
+        assert g[window]["completed"] > 0 and g[window]["p99_ms"] > 0
+    assert g["greedy"]["completed"] > 0 and g["greedy_alone"]["completed"] >= 1
+    assert g["p99_ratio"] == pytest.approx(g["with_greedy"]["p99_ms"] / g["alone"]["p99_ms"])
+    md = (tmp_path / "report.md").read_text()
+    assert "## One greedy client" in md and "| alone |" in md

@@ -286,6 +286,10 @@ def _scenario_sections(report: dict[str, Any]) -> list[str]:
         lines += overload_markdown(report["overload"])
     if report.get("soak"):
         lines += soak_markdown(report["soak"])
+    if report.get("greedy"):
+        from explorank.benchmarks.latency.greedy import greedy_markdown
+
+        lines += greedy_markdown(report["greedy"])
     if report.get("failed"):
         lines += ["## Failed targets", ""]
         lines += [f"- `{s['target']}`: {s['reason']}" for s in report["failed"]] + [""]

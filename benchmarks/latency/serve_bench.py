@@ -17,8 +17,9 @@ the same for every target.
 That sweep is the ``sweep`` scenario (the default). ``scenarios`` may also name
 ``overload`` (:mod:`.overload`: 3x the measured capacity with 1 s client deadlines, then
 back to half of it) and ``soak`` (:mod:`.soak`: half of the capacity for a long time while
-the server's RSS is sampled); each runs on an explorank server of its own, after the sweep,
-and adds a section of that name to the report.
+the server's RSS is sampled) and ``greedy`` (:mod:`.greedy`: small clients alone, then next
+to one client sending the largest requests of new texts); each runs on an explorank server
+of its own, after the sweep, and adds a section of that name to the report.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from explorank.benchmarks.latency.encoder_bench import (
     make_inputs,
     percentiles,
 )
+from explorank.benchmarks.latency.greedy import run_greedy
 from explorank.benchmarks.latency.headlines import serve_headline
 from explorank.benchmarks.latency.overload import run_overload
 from explorank.benchmarks.latency.serve_load import (
@@ -65,9 +67,9 @@ from explorank.errors import ExplorankError, InvalidArgumentError
 __all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
 
 TARGETS = ("explorank", "explorank-nobatch", "torch-peer")
-SCENARIOS = ("sweep", "overload", "soak")
+SCENARIOS = ("sweep", "overload", "soak", "greedy")
 DEFAULT_BUCKETS = (16, 32, 64, 128)
-SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak}
+SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak, "greedy": run_greedy}
 
 
 def workers_of(target: str) -> int | None:
@@ -112,6 +114,10 @@ class ServeBenchConfig:
     single_s: float = 5.0
     soak_s: float = 600.0
     soak_fraction: float = 0.5
+    # The greedy scenario (module greedy): small clients alone, then next to one client
+    # sending greedy_texts new candidate texts per request.
+    greedy_texts: int = 255
+    greedy_small_clients: int = 4
     server_args: list[str] = field(default_factory=list)  # more `explorank serve` arguments
 
     @classmethod
@@ -169,6 +175,7 @@ class ServeBenchConfig:
             ("--capacity", self.capacity_rps, 0.0),
             ("--soak-s", self.soak_s, 0.0),
             ("--max-queue-wait-ms", self.max_queue_wait_ms, -1e-9),
+            ("--greedy-texts", self.greedy_texts, 0.0),
         ):
             if value is not None and not value > low:
                 raise InvalidArgumentError(flag, f"must be > {max(low, 0):g}, got {value}")
@@ -451,7 +458,7 @@ def run_serve_bench(
             except ExplorankError as exc:
                 failed.append({"target": name, "reason": str(exc).splitlines()[0]})
                 progress(f"{name} failed: {exc}")
-        for scenario in ("overload", "soak"):
+        for scenario in ("overload", "soak", "greedy"):
             if scenario in config.scenarios:
                 try:
                     sections[scenario] = SCENARIO_RUNNERS[scenario](

@@ -50,6 +50,7 @@ _SERVE_FLAGS = (
     "max_queue_wait_ms",
     "capacity",
     "soak_s",
+    "greedy_texts",
     "out",
     "quick",
 )
@@ -177,7 +178,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--scenario",
         help="comma list from sweep (the closed/open-loop sweep over the targets), overload, "
-        "soak (default: sweep; overload and soak run on the explorank target)",
+        "soak, greedy (default: sweep; overload, soak and greedy run on the explorank target)",
+    )
+    srv.add_argument(
+        "--greedy-texts",
+        type=int,
+        help="greedy: new candidate texts in each request of the greedy client (default 255 = "
+        "limits.max_new_texts)",
     )
     srv.add_argument(
         "--overload-factor",
@@ -297,6 +304,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_queue_wait_ms=args.max_queue_wait_ms,
         capacity_rps=args.capacity,
         soak_s=args.soak_s,
+        greedy_texts=args.greedy_texts,
     )
     if args.quick:
         config = ServeBenchConfig.quick_defaults(**given)
@@ -318,6 +326,13 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"(2 x single p99 + max_queue_wait: {_x(g['p99_bound_ms'], ' ms')}), goodput "
             f"{_x(g['goodput_pct_of_capacity'], '%')} of capacity, recovery p99 "
             f"{_x(g['recovery_p99_ms'], ' ms')}"
+        )
+    if report.get("greedy"):
+        gr = report["greedy"]
+        _say(
+            f"greedy: small clients' p99 {_x(gr['alone']['p99_ms'], ' ms')} alone -> "
+            f"{_x(gr['with_greedy']['p99_ms'], ' ms')} next to the greedy client "
+            f"({_x(gr['p99_ratio'])})"
         )
     if report.get("soak"):
         r = report["soak"]["rss"]
