@@ -418,7 +418,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"## GPU tests: {tests['tests']} run, {tests['failures']} failed, {tests['errors']} errors, {tests['skipped']} skipped",
             "",
         ]
-        md += [f"- {c['status']}: `{c['test']}` {c['detail']}" for c in tests["cases"]]
+        md += [
+            f"- {c['status']}: `{c['test']}` {c['detail']}"
+            for c in tests["cases"]
+            if c["status"] != "passed"
+            or any(w in c["test"].split("::")[-1] for w in ("gpu", "cuda"))
+        ]
+        md.append(f"- and {sum(c['status'] == 'passed' for c in tests['cases'])} passed in all")
     if probe:
         fc = probe.get("fp16_check") or {}
         mem = probe.get("gpu_memory_mb") or {}
