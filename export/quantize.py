@@ -98,6 +98,8 @@ class StaticInt8Config:
     per_channel: bool = True
     reduce_range: bool = True
     weight_type: str = "int8"
+    #: "uint8" (asymmetric, u8s8 kernels) or "int8" (symmetric, s8s8 kernels).
+    activation_type: str = "uint8"
     description: str = ""
 
     kind = "static"
@@ -188,6 +190,13 @@ EXTRA: tuple[AnyInt8Config, ...] = (
         smooth=("ffn_in",),
         description="static QDQ, 7-bit weights on the Attention-fused graph (its QKV fp32); "
         "attention output and smoothed FFN input MatMuls int8",
+    ),
+    StaticInt8Config(
+        "static_s8s8_ffn_out_fp32",
+        reduce_range=False,
+        activation_type="int8",
+        keep_fp32=("embedding", "ffn_out"),
+        description="static_ffn_out_fp32 with symmetric int8 activations (s8s8 kernels)",
     ),
     StaticInt8Config(
         "static_u8u8_ffn_out_fp32",
@@ -401,6 +410,7 @@ def quantize_static_config(src: Sources, dst: Path, config: StaticInt8Config) ->
         nodes_to_exclude=excluded,
         reduce_range=config.reduce_range,
         weight_type=config.weight_type,
+        activation_type=config.activation_type,
         per_channel=config.per_channel,
         workdir=Path(src.workdir),
     )
@@ -498,8 +508,8 @@ def search(
                 chosen[key] = list(chosen[key])
         chosen.update(
             {
-                "activations": "static uint8 (calibrated)"
-                if config.kind == "static"
+                "activations": f"static {config.activation_type} (calibrated)"
+                if isinstance(config, StaticInt8Config)
                 else "dynamic uint8",
                 "nodes_kept_fp32": excluded,
                 "search": search,

@@ -186,6 +186,7 @@ def quantize_qdq(
     weight_type: str,
     per_channel: bool,
     workdir: Path,
+    activation_type: str = "uint8",
 ) -> None:
     """QDQ-quantize the MatMuls of ``src`` (except ``nodes_to_exclude``) with ranges
     calibrated on ``batches``."""
@@ -219,7 +220,7 @@ def quantize_qdq(
             op_types_to_quantize=["MatMul"],
             per_channel=per_channel,
             reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=CalibrationMethod.MinMax,
@@ -228,6 +229,8 @@ def quantize_qdq(
                 # Float MatMul outputs: ORT fuses Q -> DQ -> MatMul into MatMulIntegerToFloat.
                 "OpTypesToExcludeOutputQuantization": ["MatMul"],
                 "DefaultTensorType": onnx.TensorProto.FLOAT,
+                # int8 activations are symmetric (zero point 0), as the s8s8 kernels expect.
+                "ActivationSymmetric": activation_type == "int8",
             },
         )
     finally:

@@ -24,7 +24,11 @@ def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> di
         return float(x["throughput_seq_s"] / y["throughput_seq_s"]) if (x and y) else None
 
     gate = (manifest.get("parity") or {}).get("int8")
+    int8_rows = [r for name, r in at.items() if name == "ort-int8" or name.startswith("ort-int8:")]
+    best = max(int8_rows, key=lambda r: r["throughput_seq_s"], default=None)
     return {
+        "int8_best_backend": best["backend"] if best else None,
+        "int8_best_vs_pytorch": ratio(best, torch_row),
         "shape": {"batch_size": b, "seq_len": s},
         "int8_vs_pytorch": ratio(int8, torch_row),
         "fp32_vs_pytorch": ratio(fp32, torch_row),

@@ -93,8 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     enc.add_argument(
         "--backends",
-        help="comma list from pytorch,ort-fp32,ort-int8,ort-cuda,ort-trt,tensorrt "
-        "(default: all; unavailable ones are reported as skipped)",
+        help="comma list from pytorch,ort-fp32,ort-int8,ort-int8:NAME,ort-int8:*,ort-cuda,"
+        "ort-trt,tensorrt; ort-int8 is the bundle's first INT8 variant, ort-int8:NAME the variant "
+        "NAME, ort-int8:* every variant (default: all; unavailable ones are reported as skipped)",
     )
     enc.add_argument("--batch-sizes", help="comma list (default 1,8,32,128; quick 1,32)")
     enc.add_argument("--seq-lens", help="comma list (default 16,32,64,128; quick 16,64)")
