@@ -1,20 +1,27 @@
-"""The INT8 encoder, checked on the CPU that serves it, before it serves.
+"""The INT8 encoders, checked and timed on the CPU that serves them, before they serve.
 
-A bundle's INT8 encoder passed the accuracy gate on the machine that exported it. ONNX
-Runtime's int8 kernels compute differently on CPUs with and without VNNI (see
+A bundle's INT8 encoders (one or more *variants*: static and/or dynamic, see
+docs/bundle.md) passed the accuracy gate on the machine that exported them. ONNX Runtime's
+int8 kernels compute differently on CPUs with and without VNNI (see
 :mod:`explorank.engine.cpu`), and bundles move between machines, so at start-up the engine
 encodes a fixed sample of catalog texts (the same evenly spaced sample the export gated on)
-with the INT8 encoder and compares the result with the bundle's fp32 catalog embeddings,
+with each INT8 variant and compares the result with the bundle's fp32 catalog embeddings,
 using the export's own metrics and tolerances (min cosine >= 0.99, top-10 overlap >= 0.9 by
 default).
 
-- ``precision = "auto"``: a miss serves fp32 instead; the log, ``GetInfo`` and the
-  ``explorank_int8_check_*`` metrics say so and why.
-- ``precision = "int8"``: a miss fails start-up with the measured numbers (an explicit
-  accuracy decision is never overridden silently).
+Whether INT8 pays depends on the CPU too (integer GEMMs are 2-4x faster than fp32 with VNNI,
+much less without), so under ``precision = "auto"`` the variants that pass are timed against
+fp32 on one small batch of catalog tokens (:func:`timing_batch`, :func:`measure_speed`:
+interleaved rounds, fastest call kept) and the fastest serves, fp32 included. The log and
+``GetInfo.precision_reason`` carry the measured times; tests inject timings (``measure``).
 
-``backend.int8_check_texts`` sets the sample size (0 skips the check and trusts the export
-gate).
+- ``precision = "auto"``: no variant passes -> fp32; the log, ``GetInfo`` and the
+  ``explorank_int8_check_*`` metrics say so and why.
+- ``precision = "int8"``: no variant passes -> start-up fails with the measured numbers (an
+  explicit accuracy decision is never overridden silently); several pass -> the fastest.
+- ``backend.int8_variant`` pins one variant; ``backend.speed_check_rounds = 0`` skips the
+  timing (the exporter's order decides); ``backend.int8_check_texts = 0`` skips the check
+  and trusts the export gate.
 """
 
 from __future__ import annotations

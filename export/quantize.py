@@ -1,10 +1,26 @@
-"""INT8 dynamic quantization of the fused encoder, behind an accuracy gate.
+"""INT8 quantization of the encoder, behind an accuracy gate: static and dynamic variants.
+
+Two kinds of INT8 encoder, both ONNX Runtime CPU graphs with per-channel int8 weights:
+
+- **static** (:class:`StaticInt8Config`, :mod:`explorank.export.static_int8`): calibrated QDQ,
+  activation scales fixed at export. A text's embedding does not depend on what it is batched
+  with or how far it is padded (1e-7 apart at most, the fp32 rounding of the operators in
+  between). This is the first variant of a default export.
+- **dynamic** (:class:`Int8Config`): activation scales computed per batch (``quantize_dynamic``).
+  No calibration, but an embedding moves with its batch companions and padding (1e-2 on a
+  tiny BERT, up to 0.03 in scores on MiniLM); kept as a second variant where it passes.
+
+The gate: min cosine >= 0.99 and top-10 overlap >= 0.9 to the fp32 encoder on **three** sets,
+all of which must pass: the catalog's validation sample, held-out catalog texts (never in the
+calibration) and held-out generic English texts (the odd lines of the generic set shipped with
+explorank; the even lines calibrate). A configuration that passes on the catalog but not on
+texts it was not calibrated on is refused.
 
 Plain ``quantize_dynamic`` (per-tensor weights) loses too much on MiniLM: 0.902 min cosine to
-the fp32 embeddings. Measured on all-MiniLM-L6-v2 (fused graph, 512 default-catalog texts;
-top-10 overlap = mean neighbour overlap, self excluded) on two CPUs — a 2-core AMD EPYC with
-AVX-512 VNNI (first landing, 2026-11-29) and a 2-core AMD EPYC with AVX2 and FMA but no
-AVX-512 (2026-12-01):
+the fp32 embeddings. Dynamic configurations measured on all-MiniLM-L6-v2 (fused graph, 512
+default-catalog texts; top-10 overlap = mean neighbour overlap, self excluded) on two CPUs —
+a 2-core AMD EPYC with AVX-512 VNNI (first landing, 2026-11-29) and a 2-core AMD EPYC with AVX2
+and FMA but no AVX-512 (2026-12-01):
 
 =====================================================  =================  =================
 configuration (weights per channel)                    VNNI min cos/top10  AVX2 min cos/top10
@@ -18,22 +34,30 @@ all FFN MatMuls + embeddings fp32                      0.9971 / 0.980     0.9896
 uint8 weights, FFN-output fp32                         —                  0.9941 / 0.933
 =====================================================  =================  =================
 
+On held-out generic texts the dynamic configurations do worse (AVX2 VM, 7-bit weights with
+the FFN outputs fp32: min cosine 0.968): short texts ("No.") have few tokens to average the
+quantization error over. The static configurations and their measurements (speed included)
+are in README's Benchmarks section and docs/benchmarks.md.
+
 Why the CPUs differ: ONNX Runtime multiplies uint8 activations by int8 weights; without VNNI
 the x86 kernel sums pairs of products in saturating 16-bit registers, so large activations
 clip (on a tiny random BERT the min cosine falls to 0.22). 7-bit weights (``reduce_range``)
 or uint8 weights cannot saturate: those models compute the same on every x86 CPU and are
-called *portable* here (:attr:`Int8Config.portable`). See :mod:`explorank.engine.cpu`.
+called *portable* here (``portable``). See :mod:`explorank.engine.cpu`.
 
-The search: :func:`search_list` gives the configurations tried, in order. On CPUs whose int8
-kernels do not saturate (VNNI, ARM) the fastest full-range configuration comes first, then the
-portable ones; on AVX2-only CPUs only the portable ones are tried (the full-range ones would
-be gated on numbers this CPU computes differently from a VNNI CPU, and vice versa).
-``int8_search="portable"`` forces the AVX2 list anywhere (export on a new CPU for a fleet of
-old ones); ``EXPLORANK_CPU_FEATURES`` injects the CPU flags. The first configuration that
-passes is kept; its name, settings, whether it is portable, the CPU it was gated on and every
-attempt's numbers go into the manifest (``encoder.int8_config``). A bundle still moves between
-machines, so the engine re-checks the INT8 encoder on the serving CPU at start-up
-(:mod:`explorank.engine.int8_check`) and serves fp32 when it misses there.
+The search: :func:`search_list` gives the configurations of one kind tried, in order. On CPUs
+whose int8 kernels do not saturate (VNNI, ARM) the fastest full-range configuration comes
+first, then the portable ones; on AVX2-only CPUs only the portable ones are tried (the
+full-range ones would be gated on numbers this CPU computes differently from a VNNI CPU, and
+vice versa). ``int8_search="portable"`` forces the AVX2 list anywhere (export on a new CPU for
+a fleet of old ones); ``EXPLORANK_CPU_FEATURES`` injects the CPU flags. For each kind the first
+configuration that passes is kept; its name, settings, whether it is portable, the CPU it was
+gated on and every attempt's numbers (held-out sets included) go into the manifest
+(``encoder.int8_variants``, the first also as ``encoder.int8_config``). :func:`all_configs`
+names every configuration, including ones never searched (:data:`EXTRA`), for measurements.
+A bundle still moves between machines, so the engine re-checks every INT8 variant on the
+serving CPU at start-up and times the ones that pass against fp32
+(:mod:`explorank.engine.int8_check`).
 
 Nodes are selected by *role*, found structurally in the fused graph (not by name), so the same
 configurations apply to any BERT-family checkpoint exported by :mod:`explorank.export`.
