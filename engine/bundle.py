@@ -195,6 +195,55 @@ class Bundle:
         rel = entry["path"] if isinstance(entry, dict) else entry
         return self.file(rel, "encoder.tensorrt")
 
+    def int8_variants(self) -> list[dict[str, Any]]:
+        """The bundle's INT8 encoders in the exporter's order of preference, each a dict with
+        at least ``name``, ``kind`` (``"static"``/``"dynamic"``) and ``path`` (relative).
+
+        A bundle written before several variants existed has one: ``encoder.int8`` with
+        ``encoder.int8_config`` (dynamic)."""
+        enc = self.manifest["encoder"]
+        if "int8" not in self.precisions or not enc.get("int8"):
+            return []
+        listed = enc.get("int8_variants") or []
+        if listed:
+            return [{"kind": "dynamic", **dict(v)} for v in listed]
+        config = dict(enc.get("int8_config") or {})
+        rel = enc["int8"]["path"] if isinstance(enc["int8"], dict) else enc["int8"]
+        return [
+            {
+                **config,
+                "name": str(config.get("name") or "int8"),
+                "kind": str(config.get("kind") or "dynamic"),
+                "path": rel,
+            }
+        ]
+
+    def int8_variant(self, name: str | None = None) -> dict[str, Any]:
+        """The INT8 variant ``name`` (default: the first); a :class:`BundleError` naming the
+        variants there are when it is missing."""
+        variants = self.int8_variants()
+        if not variants:
+            raise BundleError(
+                f"bundle {self.path} has no int8 encoder; it has {', '.join(self.precisions)}"
+            )
+        if name is None:
+            return variants[0]
+        for v in variants:
+            if v["name"] == name:
+                return v
+        raise BundleError(
+            f"bundle {self.path} has no INT8 variant {name!r}; it has "
+            + ", ".join(v["name"] for v in variants)
+        )
+
+    def int8_path(self, name: str | None = None) -> Path:
+        """The (confined, verified) file of the INT8 variant ``name`` (default: the first)."""
+        variants = self.int8_variants()
+        variant = self.int8_variant(name)
+        index = variants.index(variant)
+        field = f"encoder.int8_variants[{index}].path" if len(variants) > 1 else "encoder.int8"
+        return self.file(variant["path"], field)
+
     def has_tensorrt_plan(self) -> bool:
         return bool(self.manifest["encoder"].get("tensorrt"))
 

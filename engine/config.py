@@ -167,6 +167,12 @@ class BackendConfig(_Section):
     #: Catalog texts the INT8 encoder is checked on at start-up, on this CPU, against the
     #: bundle's fp32 embeddings (below the gate: auto serves fp32, int8 fails). 0 = no check.
     int8_check_texts: int = Field(512, ge=0)
+    #: Which of the bundle's INT8 encoders may serve: "auto" = every variant that passes the
+    #: load-time check is timed against fp32 and the fastest serves; or a variant's name.
+    int8_variant: str = "auto"
+    #: Timed rounds of the warm-up speed comparison (fp32 vs each INT8 variant, one small
+    #: batch each per round, fastest call kept). 0 = no timing: the exporter's order decides.
+    speed_check_rounds: int = Field(3, ge=0, le=100)
     #: None = the CPUs actually available to this process (affinity / cgroup quota).
     intra_op_threads: int | None = Field(None, ge=1)
     gpu: GpuConfig = Field(default_factory=GpuConfig)

@@ -1,27 +1,34 @@
-"""The INT8 encoder, checked on the CPU that serves it, before it serves.
+"""The INT8 encoders, checked and timed on the CPU that serves them, before they serve.
 
-A bundle's INT8 encoder passed the accuracy gate on the machine that exported it. ONNX
-Runtime's int8 kernels compute differently on CPUs with and without VNNI (see
+A bundle's INT8 encoders (one or more *variants*: static and/or dynamic, see
+docs/bundle.md) passed the accuracy gate on the machine that exported them. ONNX Runtime's
+int8 kernels compute differently on CPUs with and without VNNI (see
 :mod:`explorank.engine.cpu`), and bundles move between machines, so at start-up the engine
 encodes a fixed sample of catalog texts (the same evenly spaced sample the export gated on)
-with the INT8 encoder and compares the result with the bundle's fp32 catalog embeddings,
+with each INT8 variant and compares the result with the bundle's fp32 catalog embeddings,
 using the export's own metrics and tolerances (min cosine >= 0.99, top-10 overlap >= 0.9 by
 default).
 
-- ``precision = "auto"``: a miss serves fp32 instead; the log, ``GetInfo`` and the
-  ``explorank_int8_check_*`` metrics say so and why.
-- ``precision = "int8"``: a miss fails start-up with the measured numbers (an explicit
-  accuracy decision is never overridden silently).
+Whether INT8 pays depends on the CPU too (integer GEMMs are 2-4x faster than fp32 with VNNI,
+much less without), so under ``precision = "auto"`` the variants that pass are timed against
+fp32 on one small batch of catalog tokens (:func:`timing_batch`, :func:`measure_speed`:
+interleaved rounds, fastest call kept) and the fastest serves, fp32 included. The log and
+``GetInfo.precision_reason`` carry the measured times; tests inject timings (``measure``).
 
-``backend.int8_check_texts`` sets the sample size (0 skips the check and trusts the export
-gate).
+- ``precision = "auto"``: no variant passes -> fp32; the log, ``GetInfo`` and the
+  ``explorank_int8_check_*`` metrics say so and why.
+- ``precision = "int8"``: no variant passes -> start-up fails with the measured numbers (an
+  explicit accuracy decision is never overridden silently); several pass -> the fastest.
+- ``backend.int8_variant`` pins one variant; ``backend.speed_check_rounds = 0`` skips the
+  timing (the exporter's order decides); ``backend.int8_check_texts = 0`` skips the check
+  and trusts the export gate.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +45,15 @@ if TYPE_CHECKING:
     from explorank.engine.config import BackendConfig
     from explorank.engine.tokenizer import Tokenizer
 
-__all__ = ["Int8Check", "PrecisionChoice", "check_int8", "choose_encoder", "sample_indices"]
+__all__ = [
+    "Int8Check",
+    "PrecisionChoice",
+    "check_int8",
+    "choose_encoder",
+    "measure_speed",
+    "sample_indices",
+    "timing_batch",
+]
 
 log = logging.getLogger("explorank.engine")
 
@@ -90,12 +105,19 @@ class Int8Check:
 
 @dataclass
 class PrecisionChoice:
-    """Which precision serves, why, and the INT8 check behind the decision (if any)."""
+    """Which precision serves, why, and the INT8 checks and timings behind the decision."""
 
     requested: str
     served: str
     reason: str
     check: Int8Check | None = field(default=None)
+    #: "kind:name" of the INT8 encoder served, when one is.
+    variant: str | None = None
+    #: Every load-time check run, by "kind:name".
+    checks: dict[str, Int8Check] = field(default_factory=dict)
+    #: The warm-up speed comparison: candidate ("fp32" or "int8 kind:name") -> ms per call.
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    timing_shape: tuple[int, int] | None = None
 
 
 def _tolerances(bundle: Bundle) -> dict[str, float]:
@@ -111,12 +133,14 @@ def check_int8(
     *,
     texts: int = 512,
     batch_size: int | None = None,
+    variant: Mapping[str, Any] | None = None,
 ) -> Int8Check:
     """Encode the sample with ``backend`` and compare it with the bundle's fp32 embeddings.
 
     Batches are length-sorted and ``batch_size`` long (default: the export's validation batch
     size from the manifest): dynamic INT8 scales activations per batch, so the check groups
-    the texts exactly as the export's gate did."""
+    the texts exactly as the export's gate did. ``variant`` (an entry of
+    ``Bundle.int8_variants``) names the configuration checked (default: the first)."""
     t0 = time.perf_counter()
     if batch_size is None:
         batch_size = int(bundle.manifest.get("validation", {}).get("batch_size", 64))
@@ -131,17 +155,71 @@ def check_int8(
     tolerances = _tolerances(bundle)
     metrics = embedding_metrics(bundle.item_embeddings[idx], out)
     missed = misses(metrics, tolerances)
-    config = (bundle.manifest["encoder"].get("int8_config") or {}).get("name", "unknown")
+    if variant is None:
+        variants = bundle.int8_variants()
+        variant = variants[0] if variants else {}
     return Int8Check(
         passed=not missed,
         metrics={k: float(v) for k, v in metrics.items()},
         tolerances=tolerances,
         texts=int(idx.shape[0]),
         kernels=int8_kernels(),
-        config=str(config),
+        config=str(variant.get("name", "unknown")),
         seconds=round(time.perf_counter() - t0, 3),
         missed=tuple(missed),
     )
+
+
+def timing_batch(
+    bundle: Bundle, tokenizer: Tokenizer, *, batch: int = 4, seq: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed ``(batch, seq)`` batch of real catalog tokens (full mask) for the warm-up
+    speed comparison: the catalog's token stream cut into windows, deterministic."""
+    seq = max(2, min(seq, bundle.max_seq_length))
+    texts = [it.text for it in bundle.items[: max(batch * 4, 16)]] or ["explorank"]
+    encoded = tokenizer.encode_batch(texts)
+    pieces = [np.asarray(e[1:-1], dtype=np.int64) for e in encoded if len(e) > 2]
+    stream = np.concatenate(pieces) if pieces else np.asarray([tokenizer.pad_id], np.int64)
+    first, last = int(encoded[0][0]), int(encoded[0][-1])
+    ids = np.empty((batch, seq), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = first, last
+    body = seq - 2
+    if body > 0:
+        starts = (np.arange(batch) * 37) % len(stream)
+        ids[:, 1:-1] = stream[(starts[:, None] + np.arange(body)[None, :]) % len(stream)]
+    return ids, np.ones_like(ids)
+
+
+def measure_speed(
+    candidates: Mapping[str, Backend],
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    rounds: int = 3,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Seconds per call of each candidate on one batch: one untimed call each, then
+    ``rounds`` rounds in which every candidate runs once (the first rotating, so drift hits
+    all alike); the fastest call of each is kept (the least disturbed by other work)."""
+    names = list(candidates)
+    for name in names:
+        candidates[name].encode(ids, mask)
+    best = {name: float("inf") for name in names}
+    for r in range(max(1, rounds)):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            t0 = timer()
+            candidates[name].encode(ids, mask)
+            best[name] = min(best[name], timer() - t0)
+    return best
+
+
+#: ``measure(candidates, ids, mask) -> seconds per call``; tests inject fixed timings.
+Measure = Callable[[Mapping[str, "Backend"], np.ndarray, np.ndarray], Mapping[str, float]]
+
+
+def _label(variant: Mapping[str, Any]) -> str:
+    return f"{variant.get('kind', 'dynamic')}:{variant['name']}"
 
 
 def choose_encoder(
@@ -151,17 +229,23 @@ def choose_encoder(
     *,
     max_batch_size: int,
     create: BackendFactory | None = None,
+    measure: Measure | None = None,
 ) -> tuple[Backend, PrecisionChoice]:
-    """Create the encoder backend ``bc`` asks for; check an INT8 encoder on this CPU.
+    """Create the encoder backend ``bc`` asks for; on CPU, check every INT8 variant of the
+    bundle on this CPU and, under ``auto``, time the ones that pass against fp32 and serve the
+    fastest (see the module docstring).
 
     Returns the backend and the :class:`PrecisionChoice`; raises :class:`ConfigError` when
-    ``precision = "int8"`` was set explicitly and the check misses."""
+    ``precision = "int8"`` was set explicitly and no INT8 variant passes the check."""
     if create is None:
         from explorank.engine.backends import create_backend
 
         create = create_backend
 
-    def build(precision: str) -> Backend:
+    def build(precision: str, variant: Mapping[str, Any] | None = None) -> Backend:
+        kwargs: dict[str, Any] = {}
+        if variant is not None:
+            kwargs["int8_variant"] = variant["name"]
         return create(
             bundle,
             backend=bc.backend,
@@ -169,43 +253,143 @@ def choose_encoder(
             provider=bc.provider,
             intra_op_threads=bc.intra_op_threads,
             max_batch_size=max_batch_size,
+            **kwargs,
         )
 
-    backend = build(bc.precision)
-    served = backend.precision
+    variants = bundle.int8_variants()
+    if bc.int8_variant != "auto":
+        variants = [bundle.int8_variant(bc.int8_variant)]
+    first = build(bc.precision, variants[0] if variants else None)
+    served = first.precision
     if served != "int8":
         why = "the bundle has no INT8 encoder" if "int8" not in bundle.precisions else ""
         reason = f"{bc.precision}: serving {served}" + (f" ({why})" if why else "")
-        return backend, PrecisionChoice(bc.precision, served, reason)
-    if bc.int8_check_texts == 0 or not bundle.items:
-        reason = f"{bc.precision}: int8, not checked on this CPU (backend.int8_check_texts = 0)"
-        if not bundle.items:
-            reason = f"{bc.precision}: int8, not checked on this CPU (the catalog is empty)"
-        return backend, PrecisionChoice(bc.precision, "int8", reason)
+        return first, PrecisionChoice(bc.precision, served, reason)
+
+    # INT8 on CPU: check each variant on this CPU (the first one is built already).
+    passing: dict[str, Backend] = {}
+    checks: dict[str, Int8Check] = {}
+    unchecked_why = ""
+    if bc.int8_check_texts == 0:
+        unchecked_why = "backend.int8_check_texts = 0"
+    elif not bundle.items:
+        unchecked_why = "the catalog is empty"
+    labels = {_label(v): v for v in variants}
     try:
-        check = check_int8(backend, tokenizer, bundle, texts=bc.int8_check_texts)
+        for i, (label, variant) in enumerate(labels.items()):
+            backend = first if i == 0 else build("int8", variant)
+            if unchecked_why:
+                passing[label] = backend
+                continue
+            try:
+                check = check_int8(
+                    backend, tokenizer, bundle, texts=bc.int8_check_texts, variant=variant
+                )
+            except BaseException:
+                backend.close()
+                raise
+            checks[label] = check
+            if check.passed:
+                log.info("INT8 encoder %s passed the load-time check: %s", label, check.summary())
+                passing[label] = backend
+            else:
+                log.warning(
+                    "INT8 encoder %s missed the load-time check on this CPU (%s; %s)",
+                    label,
+                    "; ".join(check.missed),
+                    check.summary(),
+                )
+                backend.close()
     except BaseException:
-        backend.close()
+        for backend in passing.values():
+            backend.close()
         raise
-    if check.passed:
-        log.info("INT8 encoder passed the load-time check: %s", check.summary())
-        reason = f"{bc.precision}: int8 passed the load-time check on this CPU"
-        return backend, PrecisionChoice(bc.precision, "int8", reason, check)
-    backend.close()
-    if bc.precision == "int8":
-        raise ConfigError(
-            "precision=int8: the bundle's INT8 encoder misses the accuracy gate on this CPU ("
-            + "; ".join(check.missed)
-            + f"; {check.summary()}). Serve precision=auto or fp32, or re-export the bundle "
-            "on this machine or with `explorank export --int8-search portable`"
+
+    if not passing:
+        missed = "; ".join(f"{label}: {'; '.join(c.missed)}" for label, c in checks.items())
+        first_check = next(iter(checks.values()))
+        if bc.precision == "int8":
+            raise ConfigError(
+                "precision=int8: the bundle's INT8 encoder misses the accuracy gate on this CPU ("
+                + missed
+                + f"; {first_check.summary()}). Serve precision=auto or fp32, or re-export the "
+                "bundle on this machine or with `explorank export --int8-search portable`"
+            )
+        log.warning("no INT8 encoder passed the load-time check (%s); serving fp32", missed)
+        reason = (
+            f"{bc.precision}: int8 missed the load-time check on this CPU ({missed}); serving fp32"
         )
-    log.warning(
-        "INT8 encoder missed the load-time check on this CPU (%s; %s); serving fp32 instead",
-        "; ".join(check.missed),
-        check.summary(),
+        return build("fp32"), PrecisionChoice(
+            bc.precision, "fp32", reason, first_check, checks=checks
+        )
+
+    candidates: dict[str, Backend] = {f"int8 {label}": be for label, be in passing.items()}
+    rounds = bc.speed_check_rounds
+    fp32: Backend | None = None
+    timings: dict[str, float] = {}
+    shape: tuple[int, int] | None = None
+    try:
+        if rounds > 0 and (bc.precision == "auto" or len(candidates) > 1):
+            if bc.precision == "auto":
+                fp32 = build("fp32")
+                candidates = {"fp32": fp32, **candidates}
+            ids, mask = timing_batch(bundle, tokenizer)
+            shape = (int(ids.shape[0]), int(ids.shape[1]))
+            t0 = time.perf_counter()
+            seconds: Mapping[str, float]
+            if measure is None:
+                seconds = measure_speed(candidates, ids, mask, rounds=rounds)
+            else:
+                seconds = measure(candidates, ids, mask)
+            timings = {name: round(1000.0 * float(seconds[name]), 3) for name in candidates}
+            log.info(
+                "warm-up speed comparison (%d x %d, %d rounds, %.0f ms): %s",
+                shape[0],
+                shape[1],
+                rounds,
+                1000 * (time.perf_counter() - t0),
+                ", ".join(f"{n} {ms:.2f} ms" for n, ms in timings.items()),
+            )
+            winner = min(timings, key=lambda n: (timings[n], list(candidates).index(n)))
+        else:
+            winner = next(iter(candidates))
+    except BaseException:
+        for backend in candidates.values():
+            backend.close()
+        raise
+    for name, backend in candidates.items():
+        if name != winner:
+            backend.close()
+    chosen = candidates[winner]
+    served_label = winner.removeprefix("int8 ") if winner != "fp32" else None
+    served_check = checks.get(served_label) if served_label else next(iter(checks.values()), None)
+    measured = ""
+    if timings and shape:
+        measured = (
+            " ("
+            + ", ".join(f"{n} {ms:.1f} ms" for n, ms in timings.items())
+            + f" per {shape[0]}x{shape[1]} batch)"
+        )
+    passed_note = (
+        f"int8 not checked on this CPU ({unchecked_why})"
+        if unchecked_why
+        else f"{', '.join(passing)} passed the load-time check on this CPU"
     )
-    reason = (
-        f"{bc.precision}: int8 missed the load-time check on this CPU "
-        f"({'; '.join(check.missed)}); serving fp32"
+    if winner == "fp32":
+        reason = f"{bc.precision}: fp32 is the fastest here{measured}; {passed_note}"
+        log.info("serving fp32: it is faster than INT8 on this CPU%s", measured)
+        return chosen, PrecisionChoice(
+            bc.precision, "fp32", reason, served_check, None, checks, timings, shape
+        )
+    if timings:
+        how = f"int8 {served_label} is the fastest{measured}"
+    elif len(passing) > 1:
+        how = f"int8 {served_label}, the exporter's first choice (speed_check_rounds = 0)"
+    else:
+        how = f"int8 {served_label}"
+    reason = f"{bc.precision}: {how}; {passed_note}"
+    if unchecked_why:
+        reason = f"{bc.precision}: {how}; not checked on this CPU ({unchecked_why})"
+    return chosen, PrecisionChoice(
+        bc.precision, "int8", reason, served_check, served_label, checks, timings, shape
     )
-    return build("fp32"), PrecisionChoice(bc.precision, "fp32", reason, check)

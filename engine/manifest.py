@@ -113,6 +113,25 @@ class TensorRTEntry(_Section):
 class Int8Config(_Section):
     name: str = "unknown"
     portable: bool | None = None
+    #: "static" (calibrated QDQ: batch-independent) or "dynamic"; bundles written before
+    #: static INT8 existed have no kind and are dynamic.
+    kind: Literal["static", "dynamic"] = "dynamic"
+
+
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Int8Variant(Int8Config):
+    """One INT8 encoder of a bundle (``encoder.int8_variants``)."""
+
+    path: RelPath
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _VARIANT_NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '_', '.' or '-'")
+        return value
 
 
 EncoderInput = Literal["input_ids", "attention_mask", "token_type_ids"]
@@ -140,6 +159,9 @@ class EncoderSection(_Section):
     fp16: Annotated[RelPath | None, BeforeValidator(_path_of)] = None
     tensorrt: TensorRTEntry | None = None
     int8_config: Int8Config | None = None
+    #: Every INT8 encoder of the bundle, in the exporter's order of preference; the first is
+    #: ``int8`` itself. Absent in bundles with one INT8 encoder (then ``int8`` is the only one).
+    int8_variants: list[Int8Variant] = Field(default_factory=list)
     fused_operators: dict[str, int] = Field(default_factory=dict)
     architecture: dict[str, Any] = Field(default_factory=dict)
 
@@ -207,6 +229,12 @@ class Manifest(_Section):
         enc = self.encoder
         if "int8" in self.precisions and not enc.int8:
             raise ValueError("precisions lists int8 but encoder.int8 is not set")
+        if enc.int8_variants:
+            names = [v.name for v in enc.int8_variants]
+            if len(set(names)) != len(names):
+                raise ValueError(f"encoder.int8_variants has duplicate names {names}")
+            if enc.int8 not in [v.path for v in enc.int8_variants]:
+                raise ValueError("encoder.int8 is not one of encoder.int8_variants' paths")
         if "fp16" in self.precisions and enc.tensorrt is None and not enc.fp16:
             raise ValueError(
                 "precisions lists fp16 but neither encoder.fp16 nor encoder.tensorrt is set"
@@ -227,6 +255,8 @@ class Manifest(_Section):
             rel = getattr(enc, name)
             if rel:
                 out.append((f"encoder.{name}", rel))
+        for i, variant in enumerate(enc.int8_variants):
+            out.append((f"encoder.int8_variants[{i}].path", variant.path))
         if enc.tensorrt is not None:
             out.append(("encoder.tensorrt.path", enc.tensorrt.path))
         for name, head in self.heads.items():

@@ -54,13 +54,28 @@ def fused_operator_counts(model_path: Path) -> dict[str, int]:
     return {op: int(counts.get(op, 0)) for op in FUSED_OPS}
 
 
-def optimize_encoder(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+def optimize_encoder(
+    src: Path,
+    dst: Path,
+    *,
+    num_heads: int,
+    hidden_size: int,
+    multi_head_attention: bool = False,
+) -> dict[str, int]:
     """Fuse ``src`` into ``dst`` and return :func:`fused_operator_counts` of ``dst``.
+
+    ``multi_head_attention``: fuse attention into ``MultiHeadAttention`` and keep the Q, K and
+    V projections as MatMuls (the graph static INT8 quantizes, see
+    :mod:`explorank.export.static_int8`) instead of one ``Attention`` op with its weights.
 
     Raises :class:`ExportError` when the optimizer fails or no Attention node fused (the latter
     means the export did not produce the eager attention pattern; serving it would be slow).
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = multi_head_attention
 
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # the optimizer logs each fusion step; we log the counts below
@@ -72,6 +87,7 @@ def optimize_encoder(src: Path, dst: Path, *, num_heads: int, hidden_size: int) 
             hidden_size=hidden_size,
             opt_level=1,
             use_gpu=False,
+            optimization_options=options,
         )
         optimized.save_model_to_file(str(dst), use_external_data_format=False)
     except Exception as exc:

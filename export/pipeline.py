@@ -63,6 +63,123 @@ def default_catalog_path() -> Path:
     return Path(explorank.export.__file__).parent / "catalogs" / "default_catalog.jsonl"
 
 
+DEFAULT_INT8_KINDS = ("static", "dynamic")
+#: Calibration texts taken from the catalog for static INT8 (plus half the generic set).
+CALIBRATION_CATALOG_TEXTS = 256
+
+
+def bw_rel(stage: Path, path: Path) -> str:
+    return Path(path).relative_to(stage).as_posix()
+
+
+def _quantize_int8(
+    stage: Path,
+    work: Path,
+    *,
+    raw: Path,
+    arch: Any,
+    tokenizer: Any,
+    rows: Sequence[Sequence[int]],
+    val_idx: np.ndarray,
+    fp32_val: np.ndarray,
+    fp32_run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    batch_size: int,
+    tolerances: Mapping[str, float],
+    search: str,
+    kinds: Sequence[str],
+    names: Sequence[str] | None,
+    required: bool,
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any], Path]], list[dict[str, Any]]]:
+    """The INT8 variants of the bundle (see :func:`export_bundle`), and the kinds skipped.
+
+    Gate sets: ``catalog`` (the validation sample), ``held_out_catalog`` (validation texts
+    the calibration did not see) and ``held_out_generic`` (the odd lines of the shipped
+    generic English set; the even lines calibrate)."""
+    from explorank.export import static_int8
+
+    cal_idx, held_idx = static_int8.split_catalog(len(rows), val_idx, CALIBRATION_CATALOG_TEXTS)
+    cal_generic, held_generic = static_int8.split_generic(static_int8.generic_texts())
+    generic_rows = onnx_export.tokenize(tokenizer, held_generic)
+    val_pos = {int(r): i for i, r in enumerate(val_idx.tolist())}
+    held_pos = np.array([val_pos[int(r)] for r in held_idx.tolist()], dtype=np.int64)
+    sets: dict[str, tuple[list[Sequence[int]], np.ndarray]] = {
+        "catalog": ([rows[i] for i in val_idx.tolist()], fp32_val),
+        "held_out_catalog": ([rows[i] for i in held_idx.tolist()], fp32_val[held_pos]),
+        "held_out_generic": (
+            list(generic_rows),
+            encode_sorted(generic_rows, fp32_run, batch_size=batch_size),
+        ),
+    }
+
+    # A large catalog calibrates outside the validation sample: then every validation text is
+    # held out, and the two sets are one (measured once).
+    same = held_idx.tolist() == val_idx.tolist()
+
+    def evaluate(path: Path) -> dict[str, dict[str, float]]:
+        run = ort_runner(path)
+        out = {
+            name: parity.embedding_metrics(ref, encode_sorted(r, run, batch_size=batch_size))
+            for name, (r, ref) in sets.items()
+            if not (same and name == "held_out_catalog")
+        }
+        if same:
+            out["held_out_catalog"] = dict(out["catalog"])
+        return {name: out[name] for name in sets}
+
+    src = quantize.Sources(
+        fused=stage / "encoder.onnx",
+        raw=raw,
+        num_heads=arch.num_heads,
+        hidden_size=arch.hidden_size,
+        calibration=[rows[i] for i in cal_idx.tolist()]
+        + onnx_export.tokenize(tokenizer, cal_generic),
+        workdir=work,
+    )
+    calibration_note = {
+        "catalog_texts": int(len(cal_idx)),
+        "generic_texts": len(cal_generic),
+        "held_out_catalog_texts": int(len(held_idx)),
+        "held_out_generic_texts": len(held_generic),
+    }
+    variants: list[tuple[dict[str, Any], dict[str, Any], Path]] = []
+    skipped: list[dict[str, Any]] = []
+    groups: list[tuple[str, Sequence[quantize.AnyInt8Config], bool]]
+    if names:
+        groups = [("configs", quantize.configs_by_name(names), False)]
+    else:
+        groups = [(k, quantize.search_list(search, kind=k), True) for k in kinds]
+    for label, configs, first_only in groups:
+        dst = stage / (
+            "encoder.int8.onnx" if not variants else f"encoder.int8.{configs[0].kind}.onnx"
+        )
+        try:
+            found = quantize.search(
+                src,
+                dst,
+                evaluate=evaluate,
+                tolerances=tolerances,
+                configs=configs,
+                search=search,
+                stop_at_first=first_only,
+            )
+        except quantize.Int8GateError as exc:
+            log.warning("no %s INT8 variant: %s", label, exc)
+            skipped.append(
+                {"kind": label, "reason": str(exc), "gated_on": exc.cpu, "attempts": exc.attempts}
+            )
+            continue
+        for cfg, entry, path in found:
+            if cfg["kind"] == "static":
+                cfg["calibration"] = calibration_note
+            variants.append((cfg, entry, path))
+    if not variants and required:
+        reasons = "; ".join(s["reason"] for s in skipped)
+        raise quantize.Int8GateError(
+            reasons, [a for s in skipped for a in s["attempts"]], skipped[0]["gated_on"]
+        )
+    return variants, skipped
+
+
 def encode_sorted(
     rows: Sequence[Sequence[int]],
     run: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -149,18 +266,26 @@ def export_bundle(
     torch_parity_size: int = 128,
     int8_search: str = "auto",
     int8_required: bool = True,
+    int8_kinds: Sequence[str] = DEFAULT_INT8_KINDS,
+    int8_configs: Sequence[str] | None = None,
     sign_key: Path | None = None,
     fp16_required: bool = True,
 ) -> dict[str, Any]:
     """Export a bundle to ``out`` and return its manifest (see the module docstring).
 
-    ``int8_search`` picks the INT8 configurations tried (:func:`quantize.search_list`).
-    With ``int8_required=False`` a bundle whose INT8 encoder misses the gate is written
-    without one (fp32 only; the attempts are recorded under ``encoder.int8_skipped``);
-    by default the miss fails the export. ``fp16`` in ``precisions`` adds the fp16 ONNX
-    encoder for the CUDA execution provider (``encoder.fp16.onnx``, gated against fp32); the
-    TensorRT plan is built by ``tensorrt`` alone. ``fp16_required=False`` writes a bundle
-    without the fp16 encoder when it misses its gate (recorded under ``encoder.fp16_skipped``).
+    ``int8_kinds`` lists the INT8 variants wanted, in order of preference (``"static"``:
+    calibrated QDQ, ``"dynamic"``); for each kind ``int8_search`` picks the configurations
+    tried (:func:`quantize.search_list`) and the first that passes the gate on the catalog
+    *and* on held-out texts is kept. ``int8_configs`` names configurations instead
+    (:func:`quantize.all_configs`): each one that passes becomes a variant. The first variant
+    is ``encoder.int8`` (what an engine that knows one INT8 encoder serves); all are listed in
+    ``encoder.int8_variants``. A kind that misses is recorded under ``encoder.int8_skipped``;
+    when every kind misses the export fails, unless ``int8_required=False`` (then the bundle
+    is fp32 only).
+    ``fp16`` in ``precisions`` adds the fp16 ONNX encoder for the CUDA execution provider
+    (``encoder.fp16.onnx``, gated against fp32); the TensorRT plan is built by ``tensorrt``
+    alone. ``fp16_required=False`` writes a bundle without the fp16 encoder when it misses its
+    gate (recorded under ``encoder.fp16_skipped``).
 
     ``sign_key`` (an ed25519 private key, PEM) signs the manifest: ``manifest.json.sig`` is
     written next to it before the bundle is published (:mod:`explorank.engine.signing`).
@@ -174,6 +299,10 @@ def export_bundle(
     t_start = time.perf_counter()
     precs, tensorrt = _check_args(precisions, tensorrt, max_seq_length, batch_size)
     quantize.search_list(int8_search, "avx2")  # validates the mode before any work
+    for kind in int8_kinds:
+        quantize.search_list(int8_search, "avx2", kind=kind)
+    if int8_configs:
+        quantize.configs_by_name(int8_configs)
     tolerances = parity.resolve_tolerances(parity_overrides)
     out = bw.check_out_dir(Path(out))
     signer = None
@@ -219,7 +348,8 @@ def export_bundle(
             t = lap("optimize", t)
 
             rows = onnx_export.tokenize(tokenizer, [it.text for it in items])
-            val_rows = [rows[i] for i in sample_indices(len(rows), validation_size)]
+            val_idx = sample_indices(len(rows), validation_size)
+            val_rows = [rows[i] for i in val_idx]
             fp32_run = ort_runner(stage / "encoder.onnx")
             fp32_val = encode_sorted(val_rows, fp32_run, batch_size=batch_size)
             # PyTorch is the slow side; a length-spanning subset suffices to catch kernel bugs.
@@ -252,30 +382,41 @@ def export_bundle(
                 "architecture": arch.as_manifest(),
             }
             if "int8" in precs:
-                try:
-                    encoder["int8_config"], report["int8"] = quantize.quantize_with_gate(
-                        stage / "encoder.onnx",
-                        stage / "encoder.int8.onnx",
-                        reference=fp32_val,
-                        embed=lambda p: encode_sorted(
-                            val_rows, ort_runner(p), batch_size=batch_size
-                        ),
-                        tolerances=tolerances["int8"],
-                        workdir=work,
-                        search=int8_search,
-                    )
-                    report["int8"]["reference"] = "fp32 onnx"
-                    encoder["int8"] = "encoder.int8.onnx"
-                except quantize.Int8GateError as exc:
-                    if int8_required:
-                        raise
-                    log.warning("no INT8 encoder in this bundle (serving will use fp32): %s", exc)
-                    encoder["int8_skipped"] = {
-                        "reason": str(exc),
-                        "gated_on": exc.cpu,
-                        "attempts": exc.attempts,
-                    }
+                variants, skipped = _quantize_int8(
+                    stage,
+                    work,
+                    raw=raw,
+                    arch=arch,
+                    tokenizer=tokenizer,
+                    rows=rows,
+                    val_idx=val_idx,
+                    fp32_val=fp32_val,
+                    fp32_run=fp32_run,
+                    batch_size=batch_size,
+                    tolerances=tolerances["int8"],
+                    search=int8_search,
+                    kinds=int8_kinds,
+                    names=int8_configs,
+                    required=int8_required,
+                )
+                if variants:
+                    first_config, first_parity, _ = variants[0]
+                    encoder["int8"] = bw_rel(stage, variants[0][2])
+                    encoder["int8_config"] = first_config
+                    report["int8"] = {**first_parity, "reference": "fp32 onnx"}
+                    encoder["int8_variants"] = [
+                        {**cfg, "path": bw_rel(stage, path), "parity": entry}
+                        for cfg, entry, path in variants
+                    ]
+                else:
                     precs = [p for p in precs if p != "int8"]
+                if skipped:
+                    encoder["int8_skipped"] = {
+                        "kinds": [s["kind"] for s in skipped],
+                        "reason": "; ".join(s["reason"] for s in skipped),
+                        "gated_on": skipped[0]["gated_on"],
+                        "attempts": [a for s in skipped for a in s["attempts"]],
+                    }
                 t = lap("quantize_int8", t)
 
             if "fp16" in precs:

@@ -2,7 +2,7 @@
 
     python scripts/profile_encoder.py [--bundle DIR] [--batch 32] [--seq 64] [--runs 20]
 
-Prints, for fp32 and int8, the share of kernel time per operator type: the profile that
+Prints, for fp32 and every INT8 variant of the bundle, the share of kernel time per operator type: the profile that
 shows what bounds each precision (e.g. how much INT8 time still goes to fp32 MatMuls,
 quantize/dequantize and attention).
 """
@@ -62,13 +62,13 @@ def main() -> None:
     ids = rng.integers(1000, 20000, size=(args.batch, args.seq)).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     threads = available_cpus()
-    for precision in bundle.precisions:
-        if precision not in ("fp32", "int8"):
-            continue
-        per_op, run_ms = profile(bundle.encoder_path(precision), feeds, args.runs, threads)
+    models = [("fp32", bundle.encoder_path("fp32"))]
+    models += [(f"int8 {v['name']}", bundle.int8_path(v["name"])) for v in bundle.int8_variants()]
+    for label, path in models:
+        per_op, run_ms = profile(path, feeds, args.runs, threads)
         total = sum(per_op.values())
         print(
-            f"\n{precision}: batch {args.batch} x seq {args.seq}, {threads} threads: "
+            f"\n{label}: batch {args.batch} x seq {args.seq}, {threads} threads: "
             f"{run_ms:.1f} ms per run ({total:.1f} ms in kernels)"
         )
         for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):

@@ -245,7 +245,7 @@ def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
 
     cfg = EncoderBenchConfig(
         bundle=tiny_int8_bundle,
-        backends=["ort-fp32", "ort-int8", *GPU_BACKENDS],
+        backends=["ort-fp32", "ort-int8", "ort-int8:*", "ort-int8:nope", *GPU_BACKENDS],
         batch_sizes=[1, 2],
         seq_lens=[8],
         repeats=3,
@@ -260,7 +260,18 @@ def test_encoder_bench_tiny_bundle_reports_rows_and_skips(
     data = _check_encoder_report(tmp_path, report)
     ran = {r["backend"] for r in data["rows"]}
     skipped = {s["backend"]: s["reason"] for s in data["skipped"]}
-    assert {"ort-fp32", "ort-int8"} <= ran
+    # ort-int8 is the first INT8 variant; ort-int8:* adds the others, side by side
+    first, *others = [v["name"] for v in data["int8_variants"]]
+    assert others and {"ort-fp32", "ort-int8", *(f"ort-int8:{n}" for n in others)} == ran - set(
+        GPU_BACKENDS
+    )
+    assert "no INT8 variant 'nope'" in skipped["ort-int8:nope"]
+    by_name = {v["name"]: v for v in data["int8_variants"]}
+    assert by_name[first]["kind"] == "static" and by_name[first]["backend"] == "ort-int8"
+    assert by_name[others[0]]["backend"] == f"ort-int8:{others[0]}"
+    assert by_name[first]["held_out_generic"]["min_cosine"] >= 0.99
+    assert data["headline"]["int8_best_backend"] is None  # 32 x 64 was not measured
+    assert "## INT8 variants of the bundle" in (tmp_path / "report.md").read_text()
     for name in GPU_BACKENDS:
         assert (name in ran) != (name in skipped)
         if cuda_device_count() == 0:

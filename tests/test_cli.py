@@ -62,3 +62,18 @@ def test_engine_imports_without_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_parity_tolerance_flag_parses_and_rejects_garbage() -> None:
+    from explorank.cli.export import _tolerances
+    from explorank.errors import InvalidArgumentError
+
+    assert _tolerances(
+        ["int8.min_cosine=0.95", "int8.top10_overlap=0.8", "fp32.max_abs_diff=1e-3"]
+    ) == {
+        "int8": {"min_cosine": 0.95, "top10_overlap": 0.8},
+        "fp32": {"max_abs_diff": 1e-3},
+    }
+    for bad in ("int8.min_cosine", "min_cosine=0.9", "int8.min_cosine=high"):
+        with pytest.raises(InvalidArgumentError, match="parity-tolerance"):
+            _tolerances([bad])

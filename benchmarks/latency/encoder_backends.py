@@ -8,7 +8,8 @@ names map onto :func:`explorank.engine.backends.create_backend`:
 
 =====================  =============================================================
 ort-fp32               ONNX Runtime CPU, fused fp32 ``encoder.onnx``
-ort-int8               ONNX Runtime CPU, ``encoder.int8.onnx``
+ort-int8               ONNX Runtime CPU, ``encoder.int8.onnx`` (the bundle's first INT8 variant)
+ort-int8:N             ONNX Runtime CPU, the bundle's INT8 variant named N (``ort-int8:*``: all)
 pytorch-cuda           the PyTorch baseline on the GPU, fp32 (the GPU rows' baseline)
 pytorch-cuda-fp16      the PyTorch baseline on the GPU, ``model.half()``
 ort-cuda               ONNX Runtime CUDA EP, fp32 ``encoder.onnx``, IO binding, CUDA graphs
@@ -177,13 +178,43 @@ def _open_pytorch(
     )
 
 
+def expand_int8_variants(bundle: Bundle, names: Sequence[str]) -> list[str]:
+    """``names`` with ``ort-int8:*`` replaced by one ``ort-int8:NAME`` per INT8 variant of the
+    bundle (leaving out the first when ``ort-int8`` is requested too: it is the same file)."""
+    out: list[str] = []
+    for name in names:
+        if name != "ort-int8:*":
+            out.append(name)
+            continue
+        variants = [v["name"] for v in bundle.int8_variants()]
+        if "ort-int8" in names:
+            variants = variants[1:]
+        out.extend(f"ort-int8:{v}" for v in variants if f"ort-int8:{v}" not in names)
+    return list(dict.fromkeys(out))
+
+
 def _open_engine_backend(
     bundle: Bundle, name: str, threads: int, max_batch_size: int, graph_plan: Any = None
 ) -> BenchBackend:
     from explorank.engine.backends import create_backend, cuda_device_count
+    from explorank.errors import BundleError
 
     if name in GPU_BACKENDS and cuda_device_count() == 0:
         raise _Skip("no NVIDIA GPU visible (the CUDA driver reports no device)")
+    if name.startswith("ort-int8:"):
+        try:
+            be = create_backend(
+                bundle,
+                backend="onnxruntime",
+                precision="int8",
+                provider="cpu",
+                intra_op_threads=threads,
+                max_batch_size=max_batch_size,
+                int8_variant=name.split(":", 1)[1],
+            )
+        except (ConfigError, BundleError) as exc:
+            raise _Skip(str(exc)) from exc
+        return BenchBackend(name, be.encode, "cpu", dict(be.describe()), be.close)
     kwargs: dict[str, Any] = {
         "ort-fp32": dict(backend="onnxruntime", precision="fp32", provider="cpu"),
         "ort-int8": dict(backend="onnxruntime", precision="int8", provider="cpu"),
@@ -224,7 +255,7 @@ def open_backends(
     gives the CUDA-EP backends their graphs."""
     ready: list[BenchBackend] = []
     skipped: list[dict[str, str]] = []
-    for name in names:
+    for name in expand_int8_variants(bundle, names):
         try:
             if name in TORCH_BACKENDS:
                 ready.append(_open_pytorch(model_dir, model_note, threads, name))

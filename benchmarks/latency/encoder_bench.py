@@ -58,6 +58,7 @@ BACKEND_CHOICES = (
     "pytorch",
     "ort-fp32",
     "ort-int8",
+    "ort-int8:*",
     "pytorch-cuda",
     "pytorch-cuda-fp16",
     "ort-cuda",
@@ -68,7 +69,7 @@ BACKEND_CHOICES = (
 )
 #: ``--provider``: the backends run when ``--backends`` is not given.
 PROVIDER_BACKENDS = {
-    "cpu": ("pytorch", "ort-fp32", "ort-int8"),
+    "cpu": ("pytorch", "ort-fp32", "ort-int8", "ort-int8:*"),
     "cuda": (
         "pytorch-cuda",
         "pytorch-cuda-fp16",
@@ -79,6 +80,9 @@ PROVIDER_BACKENDS = {
         "tensorrt",
     ),
 }
+#: ``ort-int8:NAME`` benchmarks the bundle's INT8 variant NAME; ``ort-int8:*`` every variant
+#: (those not already requested); ``ort-int8`` the bundle's first (what older engines serve).
+INT8_VARIANT_PREFIX = "ort-int8:"
 EncodeFn = Callable[[np.ndarray, np.ndarray], Any]
 
 
@@ -122,7 +126,12 @@ class EncoderBenchConfig:
         return cls(**base)
 
     def validate(self) -> None:
-        unknown = [b for b in self.backends if b not in BACKEND_CHOICES]
+        unknown = [
+            b
+            for b in self.backends
+            if b not in BACKEND_CHOICES
+            and not (b.startswith(INT8_VARIANT_PREFIX) and len(b) > len(INT8_VARIANT_PREFIX))
+        ]
         if unknown or not self.backends:
             raise InvalidArgumentError(
                 "--backends",
@@ -304,6 +313,31 @@ def _cosine_min(a: Any, b: Any) -> float:
     return float((num / den).min())
 
 
+def int8_variant_summary(bundle: Any, backends: Sequence[BenchBackend]) -> list[dict[str, Any]]:
+    """Each INT8 variant of the bundle with the backend name that measured it and its gate
+    figures from the manifest (catalog, held-out catalog, held-out generic texts)."""
+    measured = {b.describe.get("int8_variant"): b.name for b in backends}
+    out = []
+    for v in bundle.int8_variants():
+        entry = v.get("parity") or (bundle.manifest.get("parity") or {}).get("int8") or {}
+        held = entry.get("held_out") or {}
+        out.append(
+            {
+                "name": v["name"],
+                "kind": v.get("kind", "dynamic"),
+                "backend": measured.get(f"{v.get('kind', 'dynamic')}:{v['name']}"),
+                "portable": v.get("portable"),
+                "description": v.get("description"),
+                "catalog": {k: entry.get(k) for k in ("min_cosine", "top10_overlap")},
+                **{
+                    name: {k: m.get(k) for k in ("min_cosine", "top10_overlap")}
+                    for name, m in held.items()
+                },
+            }
+        )
+    return out
+
+
 def run_encoder_bench(
     config: EncoderBenchConfig,
     *,
@@ -458,5 +492,6 @@ def run_encoder_bench(
         "skipped": skipped,
         "rows": rows,
         "headline": encoder_headline(rows, bundle.manifest),
+        "int8_variants": int8_variant_summary(bundle, backends),
         "elapsed_s": time.perf_counter() - t_start,
     }

@@ -24,6 +24,8 @@ def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> di
         return float(x["throughput_seq_s"] / y["throughput_seq_s"]) if (x and y) else None
 
     gate = (manifest.get("parity") or {}).get("int8")
+    int8_rows = [r for name, r in at.items() if name == "ort-int8" or name.startswith("ort-int8:")]
+    best = max(int8_rows, key=lambda r: r["throughput_seq_s"], default=None)
     # the GPU rows (None without a GPU): the fp16 encoder as served against PyTorch eager fp32
     # on the same GPU and against fp32 on the CUDA EP; CUDA graphs against none, at the
     # headline shape and at the smallest shape measured (where launch overhead dominates)
@@ -33,6 +35,8 @@ def encoder_headline(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> di
         r["backend"]: r for r in rows if shapes and (r["batch_size"], r["seq_len"]) == shapes[0]
     }
     return {
+        "int8_best_backend": best["backend"] if best else None,
+        "int8_best_vs_pytorch": ratio(best, torch_row),
         "cuda_fp16_vs_pytorch_cuda": ratio(fp16, at.get("pytorch-cuda")),
         "cuda_fp16_vs_pytorch_cuda_fp16": ratio(fp16, at.get("pytorch-cuda-fp16")),
         "cuda_fp16_vs_cuda_fp32": ratio(fp16, at.get("ort-cuda")),

@@ -24,6 +24,12 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _pair(m: dict[str, Any] | None) -> str:
+    if not m or m.get("min_cosine") is None:
+        return "—"
+    return f"{m['min_cosine']:.4f} / {m['top10_overlap']:.3f}"
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -82,6 +88,8 @@ def encoder_markdown(report: dict[str, Any], command: str = "") -> str:
         "",
         f"- ONNX Runtime INT8 vs PyTorch eager throughput: **{_fmt(h.get('int8_vs_pytorch'))}×** "
         f"(INT8 accuracy gate passed: {_fmt(h.get('int8_accuracy_gate_passed'))})",
+        f"- fastest INT8 variant: {_fmt(h.get('int8_best_backend'))}, "
+        f"{_fmt(h.get('int8_best_vs_pytorch'))}× PyTorch eager",
         f"- ONNX Runtime fp32 vs PyTorch eager: {_fmt(h.get('fp32_vs_pytorch'))}×; INT8 vs fp32: "
         f"{_fmt(h.get('int8_vs_fp32'))}×",
         f"- ONNX Runtime fp32 at **{_fmt(h.get('fp32_pct_of_ceiling'), 1)}%** of the matmul ceiling",
@@ -138,6 +146,32 @@ def encoder_markdown(report: dict[str, Any], command: str = "") -> str:
             ],
         )
     )
+    variants = report.get("int8_variants") or []
+    if variants:
+        lines += ["", "## INT8 variants of the bundle (accuracy from its manifest)", ""]
+        lines.append(
+            _table(
+                [
+                    "variant",
+                    "kind",
+                    "backend",
+                    "catalog min cos / top-10",
+                    "held-out catalog",
+                    "held-out generic",
+                ],
+                [
+                    [
+                        v["name"],
+                        v["kind"],
+                        v.get("backend"),
+                        _pair(v.get("catalog")),
+                        _pair(v.get("held_out_catalog")),
+                        _pair(v.get("held_out_generic")),
+                    ]
+                    for v in variants
+                ],
+            )
+        )
     if report.get("skipped"):
         lines += ["", "## Skipped backends", ""]
         lines += [f"- `{s['backend']}`: {s['reason']}" for s in report["skipped"]]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from explorank.engine.backends.base import (
     BACKEND_NAMES,
@@ -142,6 +142,7 @@ def create_backend(
     provider: str = "auto",
     intra_op_threads: int | None = None,
     max_batch_size: int = 64,
+    int8_variant: str | None = None,
 ) -> Backend:
     """Build the encoder backend for ``bundle`` (see the module docstring for the policy).
 
@@ -152,6 +153,9 @@ def create_backend(
 
     ``max_batch_size`` sizes the TensorRT-EP optimisation profile (ONNX Runtime); the
     native TensorRT plan's profiles are fixed when the plan is built.
+
+    ``int8_variant`` names the INT8 encoder (``Bundle.int8_variants``) for ``precision="int8"``;
+    default: the bundle's first.
     """
     if backend not in ("auto", *BACKEND_NAMES):
         raise ConfigError(f"backend must be auto, onnxruntime or tensorrt; got {backend!r}")
@@ -200,8 +204,11 @@ def create_backend(
 
     from explorank.engine.backends.ort import OrtBackend
 
-    model_key = "int8" if precision == "int8" else "fp32"
-    if precision == "fp16":
+    variant: dict[str, Any] | None = None
+    if precision == "int8":
+        variant = bundle.int8_variant(int8_variant)
+        model = bundle.int8_path(variant["name"])
+    elif precision == "fp16":
         import onnxruntime as ort
 
         model_key, provider = fp16_route(
@@ -212,8 +219,11 @@ def create_backend(
             trt_usable=tensorrt_installed(),
             bundle_name=f"bundle {bundle.path}",
         )
+        model = bundle.encoder_path(model_key)
+    else:
+        model = bundle.encoder_path("fp32")
     return OrtBackend(
-        bundle.encoder_path(model_key),
+        model,
         input_names=bundle.encoder_inputs,
         output_name=bundle.encoder_output,
         embedding_dim=bundle.embedding_dim,
@@ -222,4 +232,5 @@ def create_backend(
         intra_op_threads=intra_op_threads,
         max_batch_size=max_batch_size,
         max_seq_length=bundle.max_seq_length,
+        variant=None if variant is None else f"{variant['kind']}:{variant['name']}",
     )

@@ -90,6 +90,7 @@ class OrtBackend(Backend):
         max_batch_size: int = 64,
         max_seq_length: int = 128,
         trt_cache_dir: str | os.PathLike[str] | None = None,
+        variant: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -103,6 +104,8 @@ class OrtBackend(Backend):
         if not self.model_path.is_file():
             raise BundleError(f"encoder model {self.model_path} is missing")
         self.precision = precision
+        #: Which INT8 encoder ("kind:name") for precision int8, else None.
+        self.variant = variant
         self.embedding_dim = int(embedding_dim)
         self.intra_op_threads = int(intra_op_threads) if intra_op_threads else available_cpus()
         self._output = output_name
@@ -429,6 +432,7 @@ class OrtBackend(Backend):
             {
                 "providers": list(self.providers),
                 "model": self.model_path.name,
+                **({"int8_variant": self.variant} if self.variant else {}),
                 "intra_op_threads": self.intra_op_threads,
                 "inter_op_threads": 1,
                 "graph_optimization": "ORT_ENABLE_ALL",

@@ -95,8 +95,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     enc.add_argument(
         "--backends",
-        help="comma list from pytorch,ort-fp32,ort-int8,pytorch-cuda,pytorch-cuda-fp16,ort-cuda,"
-        "ort-cuda-fp16,ort-cuda-fp16-nograph,ort-trt,tensorrt "
+        help="comma list from pytorch,ort-fp32,ort-int8,ort-int8:NAME,ort-int8:*,pytorch-cuda,"
+        "pytorch-cuda-fp16,ort-cuda,ort-cuda-fp16,ort-cuda-fp16-nograph,ort-trt,tensorrt; "
+        "ort-int8 is the bundle's first INT8 variant, ort-int8:NAME the variant NAME, "
+        "ort-int8:* every variant "
         "(default: those of --provider, else all; unavailable ones are reported as skipped)",
     )
     enc.add_argument(

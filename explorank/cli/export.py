@@ -61,6 +61,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(export on a new CPU for a fleet of older ones) (default auto)",
     )
     parser.add_argument(
+        "--int8",
+        default="static,dynamic",
+        metavar="KINDS",
+        help="INT8 variants to build, in order of preference: static (calibrated QDQ: an "
+        "embedding does not depend on its batch or padding) and/or dynamic (activation scales "
+        "per batch); each kind keeps its first configuration that passes the gate, and the "
+        "server times the variants on its own CPU (default: static,dynamic)",
+    )
+    parser.add_argument(
+        "--int8-configs",
+        default=None,
+        metavar="NAMES",
+        help="build these named INT8 configurations instead of searching (each one that passes "
+        "the gate becomes a variant; for measurements, see docs/benchmarks.md): "
+        + ", ".join(_config_names()),
+    )
+    parser.add_argument(
+        "--parity-tolerance",
+        action="append",
+        default=[],
+        metavar="PRECISION.METRIC=VALUE",
+        help="override a gate tolerance, e.g. int8.min_cosine=0.95 (repeatable; for measurement "
+        "bundles: a bundle exported with a looser gate says so in its manifest)",
+    )
+    parser.add_argument(
         "--int8-optional",
         action="store_true",
         help="when no INT8 configuration passes the accuracy gate, write the bundle without "
@@ -77,6 +102,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _config_names() -> list[str]:
+    from explorank.export.quantize import all_configs
+
+    return list(all_configs())
+
+
+def _tolerances(values: list[str]) -> dict[str, dict[str, float]]:
+    from explorank.errors import InvalidArgumentError
+
+    out: dict[str, dict[str, float]] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        precision, dot, metric = key.strip().partition(".")
+        try:
+            parsed = float(number)
+        except ValueError:
+            parsed = float("nan")
+        if not sep or not dot or parsed != parsed:
+            raise InvalidArgumentError(
+                "--parity-tolerance", f"{value!r}: expected PRECISION.METRIC=NUMBER"
+            )
+        out.setdefault(precision, {})[metric.strip()] = parsed
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from explorank.export.pipeline import export_bundle
 
@@ -91,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         int8_search=args.int8_search,
         int8_required=not args.int8_optional,
+        int8_kinds=[k.strip() for k in str(args.int8).split(",") if k.strip()],
+        int8_configs=[c.strip() for c in str(args.int8_configs).split(",") if c.strip()]
+        if args.int8_configs
+        else None,
+        parity_overrides=_tolerances(args.parity_tolerance),
         sign_key=args.sign_key,
     )
     summary = {
@@ -101,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         "fused_operators": {k: v for k, v in manifest["encoder"]["fused_operators"].items() if v},
         "int8_config": (manifest["encoder"].get("int8_config") or {}).get("name"),
         "int8_portable": (manifest["encoder"].get("int8_config") or {}).get("portable"),
+        "int8_variants": [
+            f"{v['kind']}:{v['name']}" for v in manifest["encoder"].get("int8_variants") or []
+        ],
         "parity": {
             name: {
                 k: float(f"{v:.6g}")
