@@ -36,6 +36,23 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def _with_deadline(coro: Any, seconds: float) -> Any:
+    """``coro`` with a deadline; past it, every task's stack is in the failure (a hang is
+    then diagnosable instead of a bare pytest-timeout)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        return task.result()
+    import io
+
+    out = io.StringIO()
+    for t in asyncio.all_tasks():
+        if t is not asyncio.current_task():
+            t.print_stack(limit=12, file=out)
+    task.cancel()
+    pytest.fail(f"no result after {seconds:.0f} s; the tasks still running:\n{out.getvalue()}")
+
+
 def make_event(event_id: str, created_at: float | None = None, k: int = 3) -> EventRecord:
     return _make_event(event_id, created_at, k, policy="linucb")
 
@@ -163,15 +180,22 @@ def test_concurrent_increments_sum_exactly(redis_url: str, prefix: str) -> None:
             await s.open()
         events = [make_event(f"e{i}") for i in range(n_events)]
         await asyncio.gather(*(stores[i % 3].log_event(e) for i, e in enumerate(events)))
-        # every reward sent twice, through different replicas, all at once
+        # every reward sent twice, through different replicas, the two copies racing each
+        # other; at most 48 pairs in flight (a 2-core CI machine serves 360 scripts at once
+        # slowly, and what is tested is the races, not the width)
         jobs = [(e, item) for e in events for item in e.ranked_ids]
-        results = await asyncio.gather(
-            *(
-                _reward(stores[(i + rep) % 3], e, item)
-                for rep in (0, 1)
-                for i, (e, item) in enumerate(jobs)
-            )
-        )
+        gate = asyncio.Semaphore(48)
+
+        async def pair(i: int, e: EventRecord, item: str) -> list[bool]:
+            async with gate:
+                return list(
+                    await asyncio.gather(
+                        *(_reward(stores[(i + rep) % 3], e, item) for rep in (0, 1))
+                    )
+                )
+
+        pairs = await asyncio.gather(*(pair(i, e, item) for i, (e, item) in enumerate(jobs)))
+        results = [ok for both in pairs for ok in both]
         assert sum(results) == len(jobs)
         for s in stores:
             await s.close()
@@ -187,7 +211,7 @@ def test_concurrent_increments_sum_exactly(redis_url: str, prefix: str) -> None:
         lin = await _fresh_stats(redis_url, prefix, "linucb")
         np.testing.assert_array_equal(lin.arrays["A"], expected_a)
 
-    run(body())
+    run(_with_deadline(body(), 150))
 
 
 def test_compaction_keeps_the_sum(redis_url: str, prefix: str) -> None:
