@@ -3,6 +3,8 @@
 It owns the tokenizer, the dynamic batcher in front of the encoder backend, and the two
 embedding caches (user contexts with a TTL; candidate texts that are not in the catalog).
 Catalog candidates come from the bundle's precomputed matrix and cost no encoder call.
+The user vector follows ``ranking.user_representation`` (:mod:`explorank.engine.user_vectors`):
+with ``history``, a user described by catalog history alone costs no encoder call either.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import numpy as np
 from explorank.engine.cache import LRUCache, content_key
 from explorank.engine.requests import RankInput
 from explorank.engine.text import user_context_text
+from explorank.engine.user_vectors import combine, history_vector
 from explorank.errors import InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     from explorank.engine.backends import Backend
     from explorank.engine.bundle import Bundle
-    from explorank.engine.config import BatchingConfig, CacheConfig
+    from explorank.engine.config import BatchingConfig, CacheConfig, RankingConfig
     from explorank.engine.metrics import EngineMetrics
     from explorank.engine.tokenizer import Tokenizer
 
@@ -48,8 +51,11 @@ class Embedder:
         batching: BatchingConfig,
         cache: CacheConfig,
         metrics: EngineMetrics,
+        ranking: RankingConfig | None = None,
     ) -> None:
         self.bundle = bundle
+        self.user_representation = ranking.user_representation if ranking else "text"
+        self.history_half_life = ranking.history_half_life if ranking else 10.0
         self.backend = backend
         self.tokenizer = tokenizer
         self.batching = batching
@@ -190,11 +196,29 @@ class Embedder:
                 self.item_cache.put_many(zip(missing_keys, vecs, strict=True))
         return Candidates(ids, emb)
 
+    def history_embedding(self, history_item_ids: Sequence[str]) -> np.ndarray:
+        """The recency-weighted mean of the history items' catalog embeddings (most recent
+        first; unknown ids are refused by :meth:`context_text` first), without the encoder."""
+        index = self.bundle.index
+        rows = [index[h] for h in history_item_ids if h in index]
+        return history_vector(self.bundle.item_embeddings[rows], self.history_half_life)
+
+    async def user_vector(self, req: RankInput, text: str, deadline: float | None) -> np.ndarray:
+        """The user vector of ``req`` under ``ranking.user_representation`` (``text`` is the
+        full user context text, :meth:`context_text`)."""
+        mode = self.user_representation
+        if mode == "text" or not req.history_item_ids:
+            return await self.user_embedding(text if mode == "text" else req.context_text, deadline)
+        hist = self.history_embedding(req.history_item_ids)
+        if mode == "history" or not req.context_text.strip():
+            return hist
+        return combine(hist, await self.user_embedding(req.context_text, deadline))
+
     async def embed(
         self, req: RankInput, text: str, deadline: float | None
     ) -> tuple[np.ndarray, Candidates]:
         """The user vector and the candidates, encoded concurrently."""
-        user_task = asyncio.ensure_future(self.user_embedding(text, deadline))
+        user_task = asyncio.ensure_future(self.user_vector(req, text, deadline))
         try:
             cands = await self.candidates(req, deadline)
         except BaseException:

@@ -109,6 +109,7 @@ class Engine:
             batching=config.batching,
             cache=config.cache,
             metrics=self.metrics,
+            ranking=config.ranking,
         )
         self.decider = Decider(
             config.ranking,

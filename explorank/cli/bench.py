@@ -133,7 +133,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--model", type=Path, help="Hugging Face model dir for the torch peer")
     srv.add_argument("--metrics-url", help="with --address: the server's /metrics URL (loopback)")
     srv.add_argument(
-        "--targets", help="comma list from explorank,explorank-nobatch,torch-peer (default: all)"
+        "--targets",
+        help="comma list from explorank,explorank-nobatch,torch-peer,explorank-history "
+        "(default: the first three; explorank-history: users as history ids, no encoder call)",
     )
     srv.add_argument(
         "--concurrency", help="closed-loop client counts (default 1,4,16,64; quick 1,4,16)"
