@@ -18,6 +18,7 @@ functions on its representations' item vectors.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -28,9 +29,17 @@ UserRepresentation = Literal["text", "history", "both"]
 MODES: tuple[str, ...] = ("text", "history", "both")
 
 
+@functools.lru_cache(maxsize=256)
+def _weights(n: int, half_life: float) -> np.ndarray:
+    w = np.power(0.5, np.arange(n, dtype=np.float64) / half_life).astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
 def recency_weights(n: int, half_life: float) -> np.ndarray:
-    """(n,) weights of history items, most recent first: ``0.5 ** (i / half_life)``."""
-    return np.power(0.5, np.arange(n, dtype=np.float64) / float(half_life))
+    """(n,) weights of history items, most recent first: ``0.5 ** (i / half_life)``
+    (float32, read-only, cached)."""
+    return _weights(int(n), float(half_life))
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:
@@ -44,8 +53,7 @@ def history_vector(vectors: np.ndarray, half_life: float) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
     if v.shape[0] == 0:
         return np.zeros(v.shape[1], dtype=np.float32)
-    w = recency_weights(v.shape[0], half_life).astype(np.float32)
-    return _normalize(w @ v)
+    return _normalize(recency_weights(v.shape[0], half_life) @ v)
 
 
 def combine(history: np.ndarray | None, text: np.ndarray | None) -> np.ndarray:

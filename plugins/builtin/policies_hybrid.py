@@ -173,9 +173,9 @@ class _HybridPolicy(Policy):
         t = np.tanh(np.asarray(scores, dtype=np.float64) / self.score_scale)
         z[:, -2] = t
         z[:, -1] = 1.0
-        x = np.empty(self.item_features, dtype=np.float64)
-        x[0] = 1.0
-        x[1:] = user @ r_u
+        x = np.ones(self.item_features, dtype=np.float64)
+        if self.item_dim:
+            x[1:] = user @ r_u
         return z, x, self.prior_weight * t
 
     # ---------------------------------------------------------------- posterior
@@ -205,10 +205,11 @@ class _HybridPolicy(Policy):
         z, x, prior = self.features(reward.user_embedding, item, np.array([reward.score]))
         y = float(reward.value) - float(prior[0])
         zz = z[0]
+        own = np.concatenate([[1.0], zz, [y]]) if self.item_dim == 0 else pack(x, zz, y)
         return StatsDelta(
-            items={reward.item_id: pack(x, zz, y)},
+            items={reward.item_id: own},
             arrays={
-                "A": np.outer(zz, zz),
+                "A": zz[:, None] * zz[None, :],
                 "b": y * zz,
                 "yy": np.array([y * y]),
                 "n_total": np.array([1.0]),
