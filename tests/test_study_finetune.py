@@ -71,3 +71,24 @@ def test_finetune_steps_add_bert_ft(
     stamp = [b.stat().st_mtime for b in bundles]
     assert main(args) == 0  # the second run reuses them
     assert [b.stat().st_mtime for b in bundles] == stamp
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_text_and_both_users_encode_histories(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``--user-representation text|both`` build BERT users with the bundle's encoder (a
+    different user vector, so other rankings than ``history``); ``id`` runs ignore it."""
+    ml = write_mini_movielens(tmp_path / "ml")
+    rewards = {}
+    for mode in ("history", "text", "both"):
+        out = tmp_path / mode
+        args = ["evaluate", "--bundle", str(tiny_bundle), "--dataset", f"movielens:{ml}",
+                "--policies", "greedy", "--steps", "80", "--candidates", "10", "--jobs", "1",
+                "--no-progress", "--user-representation", mode, "--out", str(out)]  # fmt: skip
+        assert main(args) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["dataset"]["user_representation"] == mode
+        rewards[mode] = {r["representation"]: r["expected_reward"] for r in report["runs"]}
+    assert rewards["text"]["bert"] != rewards["history"]["bert"]
+    assert rewards["both"]["bert"] not in (rewards["text"]["bert"], rewards["history"]["bert"])
+    assert rewards["text"]["id"] == rewards["history"]["id"] == rewards["both"]["id"]

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -118,12 +119,14 @@ def run_one(study: Study, r_idx: int, p_idx: int) -> dict[str, Any]:
             bundle_dir=bundle.path if bundle is not None else None,
         )
         scorer = make_scorer(sc, ctx)
+    cpu0 = time.process_time()
     metrics, wall = simulate(
         rep.world, rep.steps, policy, scorer, representation_, top_k=study.top_k,
         seed=rep.seed, update_every=study.update_every, no_click_reward=study.no_click_reward,
     )  # fmt: skip
     summary = metrics.summary()
     summary.update(policy=pol, scorer=sc, representation=rep_name, seed=rep.seed, wall_s=wall,
+                   cpu_s=time.process_time() - cpu0,
                    policy_params=study.params.get(pol, {}))  # fmt: skip
     return summary
 

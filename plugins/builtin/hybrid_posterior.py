@@ -86,16 +86,28 @@ class ItemSums:
     def zeros(cls, d: int) -> ItemSums:
         return cls(np.zeros((d, d)), np.zeros(d), 0.0)
 
-    def add(self, rows: np.ndarray, m: int, d: int, ridge: float, sign: float = 1.0) -> None:
-        """Add (sign = 1) or remove (sign = -1) the contributions of the item vectors ``rows``."""
+    def add(
+        self, rows: np.ndarray, m: int, d: int, ridge: float, sign: np.ndarray | float = 1.0
+    ) -> None:
+        """Add (sign 1) or remove (sign -1; one sign per row, or one for all) the
+        contributions of the item vectors ``rows``."""
         if rows.shape[0] == 0:
             return
+        signs = np.broadcast_to(np.asarray(sign, dtype=np.float64), (rows.shape[0],))
+        if m == 1:  # a bias per item: scalar inverses, plain matrix products
+            w = signs / (rows[:, 0] + ridge)
+            b_mat, b_vec = rows[:, 1 : 1 + d], rows[:, 1 + d]
+            wb = b_mat * w[:, None]
+            self.c_mat += wb.T @ b_mat
+            self.c_vec += wb.T @ b_vec
+            self.q += float(np.dot(w * b_vec, b_vec))
+            return
         a, b_mat, b_vec = unpack(rows, m, d)
-        inv = item_inverse(a, ridge)
+        inv = item_inverse(a, ridge) * signs[:, None, None]
         inv_b = inv @ b_mat  # (N, m, D)
-        self.c_mat += sign * np.einsum("nmi,nmj->ij", b_mat, inv_b)
-        self.c_vec += sign * np.einsum("nmi,nm->i", inv_b, b_vec)
-        self.q += sign * float(np.einsum("nm,nmk,nk->", b_vec, inv, b_vec))
+        self.c_mat += np.einsum("nmi,nmj->ij", b_mat, inv_b)
+        self.c_vec += np.einsum("nmi,nm->i", inv_b, b_vec)
+        self.q += float(np.einsum("nm,nmk,nk->", b_vec, inv, b_vec))
 
 
 @dataclass
@@ -193,8 +205,9 @@ def _refresh_sums(cache: HybridCache, stats: PolicyStats, m: int, d: int, ridge:
         return cache.sums
     if changed:
         old = [k for k in changed if k in refs]
-        cache.sums.add(_stack(refs, old, size), m, d, ridge, sign=-1.0)
-        cache.sums.add(_stack(items, changed, size), m, d, ridge)
+        rows = np.concatenate([_stack(refs, old, size), _stack(items, changed, size)])
+        signs = np.concatenate([-np.ones(len(old)), np.ones(len(changed))])
+        cache.sums.add(rows, m, d, ridge, sign=signs)
         for k in changed:
             refs[k] = items[k]
         cache.folds += 1

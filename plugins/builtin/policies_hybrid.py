@@ -160,19 +160,13 @@ class _HybridPolicy(Policy):
                 "item_embeddings", f"{n} embeddings for {scores.shape[0]} scores"
             )
         p_uv, q_v, r_u = self._proj(d)
-        k = self.dim if self.dim > 0 else d
-        z = np.empty((n, self.shared_dim(d)), dtype=np.float64)
-        scaled_user = user * np.float32(math.sqrt(d))
-        if self.dim == 0:
-            z[:, :k] = items * scaled_user
-        elif n < self.dim:  # few rows (a reward): scale the rows, not the projection
-            z[:, :k] = (items * scaled_user) @ p_uv
-        else:
-            z[:, :k] = items @ (scaled_user[:, None] * p_uv)
-        z[:, k : k + self.text_dim] = items @ q_v
+        uv = items * (user * np.float32(math.sqrt(d)))
         t = np.tanh(np.asarray(scores, dtype=np.float64) / self.score_scale)
-        z[:, -2] = t
-        z[:, -1] = 1.0
+        parts = [uv @ p_uv if self.dim > 0 else uv]
+        if self.text_dim:
+            parts.append(items @ q_v)
+        parts += [t[:, None], np.ones((n, 1))]
+        z = np.concatenate(parts, axis=1, dtype=np.float64)
         x = np.ones(self.item_features, dtype=np.float64)
         if self.item_dim:
             x[1:] = user @ r_u
