@@ -298,3 +298,51 @@ def test_hybrid_stats_through_redis_equal_memory(redis_url: str) -> None:
     store = RedisStore(url=redis_url, key_prefix=f"test-{uuid.uuid4().hex[:10]}:")
     loaded = asyncio.run(_replay_through(store, rewards))
     _assert_same_stats(policy, loaded, memory)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["linucb_hybrid", "lin_ts_hybrid"])
+def test_hybrid_serves_and_learns_through_the_engine(
+    tiny_bundle: Path, tmp_path: Path, policy: str
+) -> None:
+    """Rank -> Reward -> statistics through the engine (sqlite store): the item's own
+    vector and the shared arrays are updated, and survive a restart."""
+    from server_harness import make_config
+
+    from explorank.engine.bundle import load_bundle
+    from explorank.engine.pipeline import Engine
+    from explorank.engine.requests import CandidateInput, RankInput
+
+    ids = [it.id for it in load_bundle(tiny_bundle).items][:12]
+
+    async def go() -> tuple[PolicyStats, PolicyStats]:
+        config = make_config(tiny_bundle, tmp_path / "s.db", ranking={"default_policy": policy})
+        engine = Engine.from_config(config)
+        await engine.start(warmup=False)
+        try:
+            out = await engine.rank(
+                RankInput(
+                    context_text="space", candidates=[CandidateInput(i) for i in ids], top_k=3
+                )
+            )
+            for j, item in enumerate(out.items):
+                assert (
+                    await engine.reward(out.event_id, item.item_id, 1.0 if j == 0 else -1.0)
+                ).accepted
+            live = engine.decider.stats.of(policy).copy()
+        finally:
+            await engine.stop(1.0)
+        again = Engine.from_config(config)
+        await again.start(warmup=False)
+        try:
+            return live, again.decider.stats.of(policy)
+        finally:
+            await again.stop(1.0)
+
+    live, reloaded = asyncio.run(go())
+    assert len(live.items) == 3 and float(live.arrays["n_total"][0]) == 3.0
+    assert live.items.keys() == reloaded.items.keys()
+    for key, vec in live.items.items():
+        np.testing.assert_allclose(reloaded.items[key], vec, rtol=1e-12)
+        assert vec[0] == 1.0  # one reward each: the bias part's count
+    np.testing.assert_allclose(reloaded.arrays["A"], live.arrays["A"], rtol=1e-12)
