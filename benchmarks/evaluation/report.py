@@ -206,7 +206,8 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
 
     runs = report["runs"]
     policies = sorted({r["policy"] for r in runs})
-    colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(policies)}
+    cmap = plt.get_cmap("tab10" if len(policies) <= 10 else "tab20")
+    colors = {p: cmap(i % cmap.N) for i, p in enumerate(policies)}
     styles = {"bert": "-", "bert-ft": "-.", "id": "--"}
     fig, ax = plt.subplots(figsize=(8, 5))
     for c in _mean_curves(runs):
