@@ -247,6 +247,13 @@ class RankingConfig(_Section):
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: Base seed mixed with each event id: the same event id ranks the same way.
     seed: int = 0
+    #: How the user vector is built (explorank.engine.user_vectors): "text" = the encoder
+    #: on context_text + the history items' texts; "history" = the recency-weighted mean of
+    #: the history items' catalog embeddings, no encoder call (context_text is encoded only
+    #: when there is no history); "both" = history vector + encoded context_text.
+    user_representation: Literal["text", "history", "both"] = "text"
+    #: "history"/"both": the i-th most recent history item weighs 0.5 ** (i / half_life).
+    history_half_life: float = Field(10.0, gt=0)
 
 
 class StateConfig(_Section):

@@ -324,7 +324,7 @@ def _learn(kind: str, name: str, plugin: Any, rctx: RewardContext, stats: Policy
             kind, name, f"update() returned {type(delta).__name__}, not a StatsDelta"
         )
     for key, arr in (*delta.items.items(), *delta.arrays.items()):
-        if not np.all(np.isfinite(np.asarray(arr, dtype=np.float64))):
+        if not np.isfinite(np.asarray(arr, dtype=np.float64)).all():
             raise PluginFailure(kind, name, f"update() returned non-finite statistics for {key!r}")
     return None if delta.is_empty() else delta
 

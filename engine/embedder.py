@@ -5,6 +5,8 @@ embedding caches (user contexts with a TTL; candidate texts that are not in the 
 Catalog candidates come from the bundle's precomputed matrix and cost no encoder call.
 Tokenization runs on a worker thread, never on the event loop: a request with hundreds of
 new texts must not stall every other call the loop is serving.
+The user vector follows ``ranking.user_representation`` (:mod:`explorank.engine.user_vectors`):
+with ``history``, a user described by catalog history alone costs no encoder call either.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from explorank.engine.cache import LRUCache, content_key
 from explorank.engine.catalog import Catalog
 from explorank.engine.requests import RankInput
 from explorank.engine.text import user_context_text
+from explorank.engine.user_vectors import combine, history_vector
 from explorank.errors import InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     from explorank.engine.backends import Backend
     from explorank.engine.bundle import Bundle
-    from explorank.engine.config import BatchingConfig, CacheConfig
+    from explorank.engine.config import BatchingConfig, CacheConfig, RankingConfig
     from explorank.engine.metrics import EngineMetrics
     from explorank.engine.tokenizer import Tokenizer
 
@@ -58,6 +61,7 @@ class Embedder:
         metrics: EngineMetrics,
         max_new_texts: int = 255,
         catalog: Catalog | None = None,
+        ranking: RankingConfig | None = None,
     ) -> None:
         self.bundle = bundle
         self.max_new_texts = int(max_new_texts)
@@ -65,6 +69,8 @@ class Embedder:
         # Rank, and must not be able to corrupt them for the requests that follow.
         self.catalog = catalog if catalog is not None else Catalog.from_bundle(bundle)
         self._centroid: tuple[Catalog, np.ndarray] | None = None
+        self.user_representation = ranking.user_representation if ranking else "text"
+        self.history_half_life = ranking.history_half_life if ranking else 10.0
         self.backend = backend
         self.tokenizer = tokenizer
         self.batching = batching
@@ -253,11 +259,29 @@ class Embedder:
                 self.item_cache.put_many(zip(missing_keys, vecs, strict=True))
         return Candidates(ids, emb)
 
+    def history_embedding(self, history_item_ids: Sequence[str]) -> np.ndarray:
+        """The recency-weighted mean of the history items' catalog embeddings (most recent
+        first; unknown ids are refused by :meth:`context_text` first), without the encoder."""
+        catalog = self.catalog  # retired items keep their rows: they still describe a past
+        rows = [catalog.index[h] for h in history_item_ids if h in catalog.index]
+        return history_vector(catalog.embeddings[rows], self.history_half_life)
+
+    async def user_vector(self, req: RankInput, text: str, deadline: float | None) -> np.ndarray:
+        """The user vector of ``req`` under ``ranking.user_representation`` (``text`` is the
+        full user context text, :meth:`context_text`)."""
+        mode = self.user_representation
+        if mode == "text" or not req.history_item_ids:
+            return await self.user_embedding(text if mode == "text" else req.context_text, deadline)
+        hist = self.history_embedding(req.history_item_ids)
+        if mode == "history" or not req.context_text.strip():
+            return hist
+        return combine(hist, await self.user_embedding(req.context_text, deadline))
+
     async def embed(
         self, req: RankInput, text: str, deadline: float | None
     ) -> tuple[np.ndarray, Candidates]:
         """The user vector and the candidates, encoded concurrently."""
-        user_task = asyncio.ensure_future(self.user_embedding(text, deadline))
+        user_task = asyncio.ensure_future(self.user_vector(req, text, deadline))
         try:
             cands = await self.candidates(req, deadline)
         except BaseException:

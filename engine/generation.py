@@ -146,6 +146,7 @@ def prepare(
         cache=config.cache,
         metrics=metrics,
         max_new_texts=config.limits.max_new_texts,
+        ranking=config.ranking,
     )
     scorers: dict[str, Scorer] = {}
     problems: list[tuple[str, str, str]] = []

@@ -17,7 +17,8 @@ Supported inputs
 * ``ml-1m`` style: ``movies.dat`` and ``ratings.dat`` (``::``-separated, latin-1).
 
 The item text is the title plus the genres, e.g.
-``"Toy Story (1995). Genres: Adventure, Animation, Children."``.
+``"Toy Story (1995). Genres: Adventure, Animation, Children."``, plus, when the directory
+has the ml-latest ``tags.csv``, the movie's 8 most frequent tags (``" Tags: pixar, fun."``).
 Star ratings become values in [-1, 1] with ``value = clip((rating - 3) / 2, -1, 1)``: 5 stars
 -> 1.0, 4 -> 0.5, 3 -> 0.0, 2 -> -0.5, 1 -> -1.0; half stars map in between (4.5 -> 0.75) and
 0.5 stars clips to -1.0. Fine-tuning treats ``value > 0`` (by default) as a positive.

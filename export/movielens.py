@@ -1,5 +1,7 @@
 """MovieLens loaders: the three on-disk layouts people already have (see :mod:`explorank.export.data`
-for the formats, the item text rule and the rating -> value mapping).
+for the formats, the item text rule and the rating -> value mapping). The item text is the
+title (with its year, as MovieLens writes it), the genres and, where the layout has a
+``tags.csv`` (ml-latest-small, ml-25m), the movie's most frequent user tags.
 
 Each loader checks every row and raises :class:`~explorank.export.data.DataFormatError` naming
 the file and line; ids are kept as the strings in the files.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from explorank.export.data import (
     DataFormatError,
@@ -32,7 +35,11 @@ ML100K_GENRES = (
 )  # fmt: skip
 
 
-def _movie_text(title: str, genres: Iterable[str]) -> str:
+#: Most frequent tags (ml-latest layouts' tags.csv) added to an item's text.
+MAX_TAGS = 8
+
+
+def _movie_text(title: str, genres: Iterable[str], tags: Sequence[str] = ()) -> str:
     title = title.strip()
     gs = [
         g.strip()
@@ -42,7 +49,30 @@ def _movie_text(title: str, genres: Iterable[str]) -> str:
     text = title if title.endswith((".", "!", "?")) else title + "."
     if gs:
         text += " Genres: " + ", ".join(gs) + "."
+    if tags:
+        text += " Tags: " + ", ".join(tags) + "."
     return text
+
+
+def _read_tags(path: Path) -> dict[str, list[str]]:
+    """movieId -> its ``MAX_TAGS`` most frequent tags (case-insensitive; ties: first use),
+    from an ml-latest ``tags.csv`` (``userId,movieId,tag,timestamp``)."""
+    counts: dict[str, dict[str, list[Any]]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["userId", "movieId", "tag"]:
+            raise DataFormatError(path, "expected the header 'userId,movieId,tag,timestamp'", 1)
+        for n, row in enumerate(reader):
+            if len(row) < 3 or not row[2].strip():
+                continue
+            tag = " ".join(row[2].split())
+            entry = counts.setdefault(row[1].strip(), {}).setdefault(tag.lower(), [0, n, tag])
+            entry[0] += 1
+    return {
+        movie: [e[2] for e in sorted(tags.values(), key=lambda e: (-e[0], e[1]))[:MAX_TAGS]]
+        for movie, tags in counts.items()
+    }
 
 
 def _rating_row(path: Path, ln: int, parts: Sequence[str]) -> Interaction:
@@ -63,6 +93,7 @@ def _rating_row(path: Path, ln: int, parts: Sequence[str]) -> Interaction:
 
 def _ml_latest(root: Path) -> Dataset:
     movies, ratings = _require(root / "movies.csv"), _require(root / "ratings.csv")
+    tags = _read_tags(root / "tags.csv") if (root / "tags.csv").is_file() else {}
     items, item_lines = [], []
     with movies.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
@@ -79,10 +110,13 @@ def _ml_latest(root: Path) -> Dataset:
                     f"expected 3 fields (movieId,title,genres), got {len(row)}; quote titles containing commas",
                     ln,
                 )
+            movie_id = _str(movies, ln, "movieId", row[0])
             items.append(
                 Item(
-                    _str(movies, ln, "movieId", row[0]),
-                    _movie_text(_str(movies, ln, "title", row[1]), row[2].split("|")),
+                    movie_id,
+                    _movie_text(
+                        _str(movies, ln, "title", row[1]), row[2].split("|"), tags.get(movie_id, ())
+                    ),
                 )
             )
             item_lines.append(ln)

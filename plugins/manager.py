@@ -77,6 +77,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "explorank.plugins.builtin.policies_basic",
     "explorank.plugins.builtin.policies_counting",
     "explorank.plugins.builtin.policies_linear",
+    "explorank.plugins.builtin.policies_hybrid",
     "explorank.plugins.builtin.sqlite_store",
     "explorank.plugins.builtin.redis_store",
 )

@@ -14,6 +14,10 @@ import numpy as np
 
 __all__ = ["PolicyStats", "StatsDelta"]
 
+#: How many recent :meth:`PolicyStats.apply` calls with item changes are remembered for
+#: :meth:`PolicyStats.items_changed_since` (older ones are forgotten in halves).
+JOURNAL_SIZE = 4096
+
 
 @dataclass
 class StatsDelta:
@@ -48,12 +52,24 @@ class PolicyStats:
     """A snapshot of one learner's (policy's or scorer's) additive sufficient statistics.
 
     ``version`` increases whenever a delta is applied or fresher statistics are loaded,
-    so a policy can cache derived quantities (e.g. a Cholesky factor) per version.
+    so a policy can cache derived quantities (e.g. a Cholesky factor) per version; a
+    policy that derives something from *every* item's statistics can update it with only
+    the items changed since its version (:meth:`items_changed_since`). :meth:`apply`
+    replaces the arrays it changes (never modifies them in place).
     """
 
     items: dict[str, np.ndarray] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     version: int = 0
+    #: (version after an apply, the item ids it changed), oldest first
+    _journal: list[tuple[int, tuple[str, ...]]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    #: the journal holds every item change made after this version
+    _journal_from: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._journal_from = self.version
 
     def item(self, item_id: str, size: int) -> np.ndarray:
         """The statistics vector of one item, zeros when it has none."""
@@ -83,6 +99,26 @@ class PolicyStats:
                 np.asarray(arr, dtype=np.float64).copy() if cur is None else cur + arr
             )
         self.version += 1
+        if delta.items:
+            journal = self._journal
+            journal.append((self.version, tuple(delta.items)))
+            if len(journal) > JOURNAL_SIZE:
+                drop = len(journal) // 2
+                self._journal_from = journal[drop - 1][0]
+                del journal[:drop]
+
+    def items_changed_since(self, version: int) -> set[str] | None:
+        """Ids of the items whose statistics :meth:`apply` changed after ``version``; None
+        when that is not known (``version`` is older than what this object remembers, or
+        newer than its own: statistics were replaced)."""
+        if version < self._journal_from or version > self.version:
+            return None
+        out: set[str] = set()
+        for v, keys in reversed(self._journal):
+            if v <= version:
+                break
+            out.update(keys)
+        return out
 
     def copy(self) -> PolicyStats:
         return PolicyStats(

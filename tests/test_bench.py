@@ -586,6 +586,44 @@ def test_request_factory_is_deterministic_varied_and_cache_defeating() -> None:
         RequestFactory(ITEMS, candidates=0)
 
 
+def test_request_factory_history_users_are_the_same_items_as_ids() -> None:
+    f = RequestFactory(ITEMS, candidates=5, seed=2)
+    for i in range(20):
+        text_req, hist_req = f.make("c1", i), f.make("c1", i, history=True)
+        assert hist_req.context_text == "" and 1 <= len(hist_req.history_item_ids) <= 4
+        texts = dict(ITEMS)
+        assert all(texts[h] in text_req.context_text for h in hist_req.history_item_ids)
+        assert list(hist_req.candidates) == list(text_req.candidates)
+
+
+def test_serve_bench_history_target_makes_no_encoder_call(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """``explorank-history`` serves users given as history ids with
+    ``user_representation = "history"``: the server's encoder never runs after warm-up."""
+    if importlib.util.find_spec("explorank.engine.server") is None:
+        pytest.skip("explorank.engine.server is not importable")
+    from explorank.benchmarks.latency.serve_bench import ServeBenchConfig, run_serve_bench
+
+    cfg = ServeBenchConfig(
+        bundle=tiny_bundle,
+        targets=["explorank", "explorank-history"],
+        concurrency=[1],
+        rates=[5.0],
+        duration_s=0.6,
+        warmup_s=0.3,
+        candidates=10,
+        timeout_s=5.0,
+    )
+    report = run_serve_bench(cfg, progress=lambda m: None)
+    rows = {(r["target"], r["mode"]): r for r in report["rows"]}
+    assert all(r["errors"] == 0 and r["completed"] > 0 for r in rows.values())
+    hist, text = rows[("explorank-history", "closed")], rows[("explorank", "closed")]
+    assert not hist.get("batches") and (text.get("batches") or 0) > 0
+    h = report["headline"]
+    assert h["history_p50_ms"] == hist["p50_ms"] and h["history_vs_text_p50"] > 0
+
+
 # --- metrics and addresses ---------------------------------------------------------------------
 
 SAMPLE_METRICS = """\

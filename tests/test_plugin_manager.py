@@ -19,7 +19,17 @@ from explorank.plugins.api import Policy, RankContext, Ranking
 from explorank.plugins.errors import UnknownPluginError
 from explorank.plugins.manager import DEFAULT_PLUGINS, PluginManager
 
-BUILTIN_POLICIES = {"greedy", "epsilon_greedy", "softmax", "ucb1", "thompson", "linucb", "lin_ts"}
+BUILTIN_POLICIES = {
+    "greedy",
+    "epsilon_greedy",
+    "softmax",
+    "ucb1",
+    "thompson",
+    "linucb",
+    "lin_ts",
+    "linucb_hybrid",
+    "lin_ts_hybrid",
+}
 
 
 def _policy_module(mod_name: str, policy_name: str) -> types.ModuleType:

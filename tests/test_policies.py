@@ -27,6 +27,8 @@ from explorank.plugins.testing import (
 
 POLICIES = PluginManager(block_external=True).policy_classes()
 BUILTINS = ["greedy", "epsilon_greedy", "softmax", "ucb1", "thompson", "linucb", "lin_ts"]
+#: the hybrid policies estimate the reward noise, which these noise-free rewards drive to
+#: its floor: they learn under click noise instead (tests/test_hybrid_policies.py)
 STATEFUL = ["ucb1", "thompson", "linucb", "lin_ts"]
 
 

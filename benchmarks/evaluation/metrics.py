@@ -1,4 +1,5 @@
-"""Metrics of one simulated policy run, accumulated step by step without per-item loops.
+"""Metrics of one simulated policy run: the slates are recorded step by step, the metrics
+computed at the end, vectorized over the steps.
 
 Reward metrics measure exploitation (what the users got); coverage, novelty, diversity and
 the Gini of exposure measure what exploration does to the catalog (how much of it users
@@ -62,7 +63,10 @@ def intra_list_diversity(vectors: np.ndarray) -> float:
 
 @dataclass
 class RunMetrics:
-    """Accumulates one run; :meth:`summary` gives the numbers that go into report.json."""
+    """Accumulates one run; :meth:`summary` gives the numbers that go into report.json.
+
+    :meth:`record` only stores each step's slate; every metric is computed once, vectorized
+    over the steps, by :meth:`summary`."""
 
     n_items: int
     steps: int
@@ -70,76 +74,84 @@ class RunMetrics:
     cold: np.ndarray  # (n_items,) bool
     diversity_vectors: np.ndarray  # (n_items, r) L2-normalised ground-truth item vectors
     n_points: int = 200
-    clicks: float = 0.0
-    impressions: int = 0
-    expected: float = 0.0
-    regret: float = 0.0
-    cold_clicks: float = 0.0
-    cold_impressions: int = 0
-    novelty_sum: float = 0.0
-    ild_sum: float = 0.0
-    step: int = 0
-    exposure: np.ndarray = field(init=False)
-    curve_steps: list[int] = field(default_factory=list)
-    curve_regret: list[float] = field(default_factory=list)
-    curve_reward: list[float] = field(default_factory=list)
-    curve_coverage: list[float] = field(default_factory=list)
+    _shown: list[np.ndarray] = field(default_factory=list)
+    _clicks: list[np.ndarray] = field(default_factory=list)
+    _expected: list[float] = field(default_factory=list)
+    _oracle: list[float] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.exposure = np.zeros(self.n_items, dtype=np.int64)
-        every = max(1, self.steps // self.n_points)
-        self._checkpoints = set(range(every, self.steps + 1, every)) | {self.steps}
-        self._info = -np.log2(self.pop_probs)
+    @property
+    def step(self) -> int:
+        return len(self._shown)
 
     def record(self, shown: np.ndarray, clicks: np.ndarray, expected: float, oracle: float) -> None:
         """One step: the shown item indices (in order), their 0/1 clicks, the expected
         clicks of this slate and of the oracle's slate."""
-        k = shown.shape[0]
-        n_clicks = float(clicks.sum())
-        self.clicks += n_clicks
-        self.impressions += k
-        self.expected += expected
-        self.regret += oracle - expected
-        self.exposure[shown] += 1
-        cold = self.cold[shown]
-        if cold.any():
-            self.cold_impressions += int(cold.sum())
-            self.cold_clicks += float(clicks[cold].sum())
-        self.novelty_sum += float(self._info[shown].sum())
-        if k > 1:
-            v = self.diversity_vectors[shown]
-            g = v @ v.T
-            self.ild_sum += 1.0 - (float(g.sum()) - float(np.trace(g))) / (k * (k - 1))
-        self.step += 1
-        if self.step in self._checkpoints:
-            self.curve_steps.append(self.step)
-            self.curve_regret.append(self.regret)
-            self.curve_reward.append(self.clicks)
-            self.curve_coverage.append(coverage(self.exposure))
+        self._shown.append(np.asarray(shown, dtype=np.int64))
+        self._clicks.append(np.asarray(clicks, dtype=np.float64))
+        self._expected.append(expected)
+        self._oracle.append(oracle)
+
+    def _checkpoints(self, n: int) -> np.ndarray:
+        every = max(1, self.steps // self.n_points)
+        marks = set(range(every, self.steps + 1, every)) | {self.steps}
+        return np.array(sorted(m for m in marks if 1 <= m <= n), dtype=np.int64)
 
     def summary(self) -> dict[str, Any]:
-        steps = max(self.step, 1)
-        imp = max(self.impressions, 1)
+        n = self.step
+        sizes = np.array([s.shape[0] for s in self._shown], dtype=np.int64)
+        shown = np.concatenate(self._shown) if n else np.zeros(0, dtype=np.int64)
+        clicks = np.concatenate(self._clicks) if n else np.zeros(0)
+        expected = np.asarray(self._expected, dtype=np.float64)
+        regret = np.asarray(self._oracle, dtype=np.float64) - expected
+        step_of = np.repeat(np.arange(n), sizes)
+        total_clicks = float(clicks.sum())
+        impressions = int(shown.shape[0])
+        exposure = np.bincount(shown, minlength=self.n_items)
+        cold = self.cold[shown]
+        cold_imp, cold_clicks = int(cold.sum()), float(clicks[cold].sum())
+        novelty_sum = float((-np.log2(self.pop_probs))[shown].sum())
+        ild_sum = 0.0
+        if n and impressions:
+            v = self.diversity_vectors[shown]
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            ok = sizes > 1
+            if ok.any():
+                total = np.add.reduceat(v, starts, axis=0)[ok]
+                sq = np.add.reduceat(np.einsum("ij,ij->i", v, v), starts)[ok]
+                k = sizes[ok].astype(np.float64)
+                ild_sum = float(
+                    np.sum(1.0 - (np.einsum("ij,ij->i", total, total) - sq) / (k * (k - 1)))
+                )
+        marks = self._checkpoints(n)
+        reward_curve = np.cumsum(np.bincount(step_of, weights=clicks, minlength=n))
+        first = np.full(self.n_items, np.iinfo(np.int64).max)
+        np.minimum.at(first, shown, step_of)
+        first_sorted = np.sort(first[first < np.iinfo(np.int64).max])
+        steps = max(n, 1)
+        imp = max(impressions, 1)
         return {
-            "steps": self.step,
-            "cumulative_reward": self.clicks,
-            "ctr": self.clicks / imp,
-            "expected_reward": self.expected,
-            "cumulative_regret": self.regret,
-            "regret_per_step": self.regret / steps,
-            "coverage": coverage(self.exposure),
-            "novelty": self.novelty_sum / imp,
-            "intra_list_diversity": self.ild_sum / steps,
-            "gini_exposure": gini(self.exposure),
-            "cold_impressions": self.cold_impressions,
-            "cold_ctr": (self.cold_clicks / self.cold_impressions)
-            if self.cold_impressions
+            "steps": n,
+            "cumulative_reward": total_clicks,
+            "ctr": total_clicks / imp,
+            "expected_reward": float(expected.sum()),
+            "cumulative_regret": float(regret.sum()),
+            "regret_per_step": float(regret.sum()) / steps,
+            "coverage": coverage(exposure),
+            "novelty": novelty_sum / imp,
+            "intra_list_diversity": ild_sum / steps,
+            "gini_exposure": gini(exposure),
+            "cold_impressions": cold_imp,
+            "cold_ctr": (cold_clicks / cold_imp) if cold_imp else math.nan,
+            "cold_impression_share": cold_imp / imp,
+            "warm_ctr": (total_clicks - cold_clicks) / (impressions - cold_imp)
+            if impressions > cold_imp
             else math.nan,
-            "cold_impression_share": self.cold_impressions / imp,
             "curves": {
-                "step": self.curve_steps,
-                "cumulative_regret": self.curve_regret,
-                "cumulative_reward": self.curve_reward,
-                "coverage": self.curve_coverage,
+                "step": marks.tolist(),
+                "cumulative_regret": np.cumsum(regret)[marks - 1].tolist(),
+                "cumulative_reward": reward_curve[marks - 1].tolist(),
+                "coverage": (
+                    np.searchsorted(first_sorted, marks - 1, side="right") / self.n_items
+                ).tolist(),
             },
         }

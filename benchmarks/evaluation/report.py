@@ -41,21 +41,43 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run['policy']}/{run['representation']}"
 
 
-def reading(runs: list[dict[str, Any]]) -> list[str]:
+def _m(row: dict[str, Any], key: str) -> float:
+    """The mean of a summary row's metric (a plain number in a per-run dict)."""
+    v = row.get(key)
+    if isinstance(v, dict):
+        return float(v["mean"]) if v.get("mean") is not None else math.nan
+    return float(v) if v is not None else math.nan
+
+
+def _ci(cell: Any, fmt: str = ".4f") -> str:
+    """``mean [low, high]`` of an interval dict (just the mean without an interval)."""
+    if not isinstance(cell, dict):
+        return "-" if cell is None or not math.isfinite(float(cell)) else format(cell, fmt)
+    mean, low, high = cell.get("mean"), cell.get("low"), cell.get("high")
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    if low is None or high is None or not math.isfinite(low):
+        return format(mean, fmt)
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def reading(
+    summary: list[dict[str, Any]], lift_rows: list[dict[str, Any]] | None = None
+) -> list[str]:
     """A short automatic reading of the results (plain sentences for report.md)."""
-    real = [r for r in runs if r["policy"] != "oracle"]
+    real = [r for r in summary if r["policy"] != "oracle"]
     if not real:
         return []
     lines = []
-    best_reward = max(real, key=lambda r: r["cumulative_reward"])
-    best_cov = max(real, key=lambda r: (r["coverage"], -r["gini_exposure"]))  # ties: most even
+    best_reward = max(real, key=lambda r: _m(r, "cumulative_reward"))
+    best_cov = max(real, key=lambda r: (_m(r, "coverage"), -_m(r, "gini_exposure")))
     lines.append(
-        f"Highest reward: **{_label(best_reward)}** (CTR {best_reward['ctr']:.4f}, regret/step "
-        f"{best_reward['regret_per_step']:.4f})."
+        f"Highest reward: **{_label(best_reward)}** (CTR {_ci(best_reward['ctr'])}, regret/step "
+        f"{_m(best_reward, 'regret_per_step'):.4f})."
     )
     lines.append(
-        f"Widest coverage: **{_label(best_cov)}** ({best_cov['coverage']:.1%} of the catalog, "
-        f"Gini {best_cov['gini_exposure']:.3f}, CTR {best_cov['ctr']:.4f})."
+        f"Widest coverage: **{_label(best_cov)}** ({_m(best_cov, 'coverage'):.1%} of the catalog, "
+        f"Gini {_m(best_cov, 'gini_exposure'):.3f}, CTR {_m(best_cov, 'ctr'):.4f})."
     )
     by_policy: dict[str, dict[str, dict[str, Any]]] = {}
     for r in real:
@@ -64,7 +86,7 @@ def reading(runs: list[dict[str, Any]]) -> list[str]:
     for pol, reps in sorted(by_policy.items()):
         if "bert" in reps and "id" in reps:
             b, i = reps["bert"], reps["id"]
-            gaps.append((pol, b["ctr"] - i["ctr"], b.get("cold_ctr"), i.get("cold_ctr")))
+            gaps.append((pol, _m(b, "ctr") - _m(i, "ctr"), _m(b, "cold_ctr"), _m(i, "cold_ctr")))
     if gaps:
         wins = sum(1 for _, g, _, _ in gaps if g > 0)
         mean_gap = float(np.mean([g for _, g, _, _ in gaps]))
@@ -72,43 +94,60 @@ def reading(runs: list[dict[str, Any]]) -> list[str]:
             f"BERT vs id: BERT embeddings give a higher CTR for {wins} of {len(gaps)} policies "
             f"(mean CTR gap {mean_gap:+.4f})."
         )
-        cold = [
-            (p, bc - ic)
-            for p, _, bc, ic in gaps
-            if bc is not None and ic is not None and math.isfinite(bc) and math.isfinite(ic)
-        ]
+        cold = [(p, bc - ic) for p, _, bc, ic in gaps if math.isfinite(bc) and math.isfinite(ic)]
         if cold:
             lines.append(
                 f"On cold-start items the mean CTR gap (bert - id) is "
                 f"{float(np.mean([g for _, g in cold])):+.4f}."
             )
+    for lift in lift_rows or []:
+        if lift["lift"].startswith("best neural-linear"):
+            low = lift.get("low")
+            sure = (
+                "the interval is above zero" if low is not None and math.isfinite(low) and low > 0
+                else "the interval includes zero or lies below it"
+                if low is not None and math.isfinite(low) else "one seed: no interval"
+            )  # fmt: skip
+            lines.append(
+                f"{lift['lift'][0].upper()}{lift['lift'][1:]}: {lift['a']} vs {lift['b']} "
+                f"{_ci(lift, '+.1%')} ({sure})."
+            )
     return lines
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
-    runs = report["runs"]
+    summary = report.get("summary") or []
     cfg = report["config"]
+    ds = report["dataset"]
+    seeds = cfg.get("seeds_used") or [cfg.get("seed")]
     out = [
         "# explorank evaluation",
         "",
-        f"Dataset `{report['dataset']['name']}`: {report['dataset']['n_users']} users, "
-        f"{report['dataset']['n_items']} items ({report['dataset']['n_cold_items']} cold-start); "
-        f"{cfg['steps']} steps, {cfg['candidates']} candidates per step "
-        f"({cfg['cold_items']:.0%} cold), top {cfg['top_k']} shown, seed {cfg['seed']}.",
+        f"Dataset `{ds['name']}`: {ds['n_users']} users, {ds['n_items']} items "
+        f"({ds['n_cold_items']} cold-start); {cfg['steps']} steps, {cfg['candidates']} candidates "
+        f"per step ({cfg['cold_items']:.0%} cold), top {cfg['top_k']} shown; seeds {seeds} "
+        f"(mean and 95% interval over them); users as "
+        f"`{ds.get('user_representation', 'history')}`.",
         "",
-        "| policy | scorer | repr | CTR | regret/step | coverage | novelty | ILD | Gini | cold CTR | s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| policy | scorer | repr | cumulative reward | CTR | warm CTR | cold CTR | cold/warm "
+        "| regret/step | coverage | Gini | s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(runs, key=lambda r: -r["cumulative_reward"]):
-        cold = r.get("cold_ctr")
+    for r in summary:
         out.append(
-            f"| {r['policy']} | {r['scorer']} | {r['representation']} | {r['ctr']:.4f} | "
-            f"{r['regret_per_step']:.4f} | {r['coverage']:.3f} | {r['novelty']:.2f} | "
-            f"{r['intra_list_diversity']:.3f} | {r['gini_exposure']:.3f} | "
-            f"{'-' if cold is None or not math.isfinite(cold) else f'{cold:.4f}'} | "
-            f"{r['wall_s']:.1f} |"
+            f"| {r['policy']} | {r['scorer']} | {r['representation']} | "
+            f"{_ci(r['cumulative_reward'], '.1f')} | {_ci(r['ctr'])} | {_ci(r['warm_ctr'])} | "
+            f"{_ci(r['cold_ctr'])} | {_ci(r['cold_warm_ratio'], '.2f')} | "
+            f"{_m(r, 'regret_per_step'):.4f} | {_m(r, 'coverage'):.3f} | "
+            f"{_m(r, 'gini_exposure'):.3f} | {_m(r, 'wall_s'):.1f} |"
         )
-    out += ["", "## Reading", ""] + [f"- {line}" for line in reading(runs)]
+    if report.get("lifts"):
+        out += ["", "## Lifts (cumulative reward, paired per seed)", "",
+                "| lift | a | b | mean [95% interval] | seeds |", "|---|---|---|---:|---:|"]  # fmt: skip
+        for lift in report["lifts"]:
+            out.append(f"| {lift['lift']} | {lift['a']} | {lift['b']} | {_ci(lift, '+.1%')} | "
+                       f"{lift['n']} |")  # fmt: skip
+    out += ["", "## Reading", ""] + [f"- {line}" for line in reading(summary, report.get("lifts"))]
     if report.get("replay"):
         out += [
             "",
@@ -127,53 +166,88 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         caveat = next((r["caveat"] for r in report["replay"] if r.get("caveat")), None)
         if caveat:
             out += ["", f"> {caveat}"]
+    t = report["timing"]
     out += [
         "",
-        "Plots: `regret.png` (cumulative regret), `reward_coverage.png` (reward vs coverage).",
-        f"Total wall time {report['timing']['total_s']:.1f} s.",
+        "Plots: `regret.png` (cumulative regret, mean and 95% band over seeds), "
+        "`reward_coverage.png` (CTR, with its 95% interval, vs coverage).",
+        f"Total wall time {t['total_s']:.1f} s (worlds and embeddings {t.get('build_s', 0):.1f} s, "
+        f"runs {t.get('runs_s', 0):.1f} s on {cfg.get('jobs', 1)} processes).",
         "",
     ]
     path.write_text("\n".join(out))
 
 
-def write_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[str]:
+def _mean_curves(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (policy, scorer, representation): the mean regret curve and its 95% band."""
+    from explorank.benchmarks.evaluation.aggregate import t95
+
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["policy"], r["scorer"], r["representation"]), []).append(r)
+    out = []
+    for (pol, sc, rep), rs in groups.items():
+        n = min(len(r["curves"]["step"]) for r in rs)
+        ys = np.array([r["curves"]["cumulative_regret"][:n] for r in rs])
+        mean = ys.mean(axis=0)
+        half = (t95(len(rs) - 1) * ys.std(axis=0, ddof=1) / np.sqrt(len(rs))
+                if len(rs) > 1 else np.zeros(n))  # fmt: skip
+        out.append(dict(policy=pol, scorer=sc, representation=rep,
+                        step=rs[0]["curves"]["step"][:n], mean=mean, low=mean - half,
+                        high=mean + half))  # fmt: skip
+    return out
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = report["runs"]
     policies = sorted({r["policy"] for r in runs})
-    colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(policies)}
-    styles = {"bert": "-", "id": "--"}
+    cmap = plt.get_cmap("tab10" if len(policies) <= 10 else "tab20")
+    colors = {p: cmap(i % cmap.N) for i, p in enumerate(policies)}
+    styles = {"bert": "-", "bert-ft": "-.", "id": "--"}
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in runs:
-        c = r["curves"]
-        ax.plot(
-            c["step"],
-            c["cumulative_regret"],
-            styles.get(r["representation"], ":"),
-            color=colors[r["policy"]],
-            label=_label(r),
-            linewidth=1.4,
-        )
+    for c in _mean_curves(runs):
+        ax.plot(c["step"], c["mean"], styles.get(c["representation"], ":"),
+                color=colors[c["policy"]], label=_label(c), linewidth=1.4)  # fmt: skip
+        ax.fill_between(c["step"], c["low"], c["high"], color=colors[c["policy"]], alpha=0.15,
+                        linewidth=0)  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative regret (expected clicks)")
     ax.set_title(
-        "Cumulative regret vs the ground-truth oracle (solid: bert, dashed: id, dotted: oracle)"
+        "Cumulative regret vs the oracle, mean and 95% band over seeds\n"
+        "(solid: bert, dash-dot: bert-ft, dashed: id, dotted: oracle)",
+        fontsize=10,
     )
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_dir / "regret.png", dpi=110)
     plt.close(fig)
 
-    fig = reward_coverage_figure(plt, runs, colors)
+    points = [
+        dict(
+            policy=r["policy"],
+            scorer=r["scorer"],
+            representation=r["representation"],
+            ctr=_m(r, "ctr"),
+            coverage=_m(r, "coverage"),
+            gini_exposure=_m(r, "gini_exposure"),
+            ctr_low=r["ctr"].get("low"),
+            ctr_high=r["ctr"].get("high"),
+        )  # fmt: skip
+        for r in report.get("summary") or []
+    ]
+    fig = reward_coverage_figure(plt, points, colors)
     fig.savefig(out_dir / "reward_coverage.png", dpi=110)
     plt.close(fig)
     return ["regret.png", "reward_coverage.png"]
 
 
 #: scatter marker per representation; the legend shows the same marker as the plot
-MARKERS = {"bert": "o", "id": "^", "truth": "*"}
+MARKERS = {"bert": "o", "bert-ft": "D", "id": "^", "truth": "*"}
 
 
 def reward_coverage_figure(plt: Any, runs: list[dict[str, Any]], colors: Any) -> Any:
@@ -205,6 +279,10 @@ def reward_coverage_figure(plt: Any, runs: list[dict[str, Any]], colors: Any) ->
     for ax, (title, subset) in zip(axes[0], panels, strict=True):
         for r in subset:
             rep = r["representation"]
+            low, high = r.get("ctr_low"), r.get("ctr_high")
+            if low is not None and high is not None and math.isfinite(low):
+                ax.errorbar(x_of(r), r["ctr"], yerr=[[r["ctr"] - low], [high - r["ctr"]]],
+                            color=colors[r["policy"]], linewidth=0.8, capsize=2, zorder=2)  # fmt: skip
             ax.scatter(
                 x_of(r),
                 r["ctr"],
@@ -232,7 +310,7 @@ def reward_coverage_figure(plt: Any, runs: list[dict[str, Any]], colors: Any) ->
         labels,
         loc="outside right upper",
         fontsize=8,
-        title="policy/representation\n(o bert, ^ id, * ground truth)",
+        title="policy/representation\n(o bert, D bert-ft, ^ id, * ground truth)",
         title_fontsize=8,
         frameon=False,
     )
@@ -253,5 +331,5 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     report = _clean(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     write_markdown(report, out / "report.md")
-    pngs = write_plots(report["runs"], out)
+    pngs = write_plots(report, out)
     return [out / "report.json", out / "report.md", *(out / p for p in pngs)]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -132,16 +132,64 @@ def make_scorer(
 # ------------------------------------------------------------------- steps and runs
 
 
+class LazyRng:
+    """The engine's per-event generator (:func:`~explorank.engine.decision.event_rng`),
+    built on first use: a policy that draws no random numbers does not pay for seeding one.
+    Draws are the same numbers the engine's generator gives for the event."""
+
+    __slots__ = ("_args", "_rng")
+
+    def __init__(self, seed: int, event_id: str) -> None:
+        self._args = (seed, event_id)
+        self._rng: np.random.Generator | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = core.event_rng(*self._args)
+        return getattr(rng, name)
+
+
+def merge_deltas(pending: list[dict[str, StatsDelta]]) -> dict[str, StatsDelta]:
+    """The sum, per learner, of the deltas of one feedback batch: applied at once, as the
+    engine's stores merge deltas by addition."""
+    if len(pending) == 1:
+        return pending[0]
+    out: dict[str, StatsDelta] = {}
+    for deltas in pending:
+        for name, delta in deltas.items():
+            cur = out.get(name)
+            if cur is None:
+                out[name] = StatsDelta(items=dict(delta.items), arrays=dict(delta.arrays))
+            else:
+                cur.merge(delta)
+    return out
+
+
 @dataclass
 class Steps:
-    """The common random numbers of an evaluation."""
+    """The common random numbers of an evaluation (every run of a replicate sees these).
+
+    ``candidates`` may be ragged: row ``t`` holds ``sizes[t]`` item indices, padded with
+    -1 (logged impressions show different numbers of items). ``histories[t]``, when given,
+    is the history of step ``t``'s user (item indices, most recent first), from which the
+    user vector is built, instead of the user's running history in the representation."""
 
     users: np.ndarray  # (T,)
-    candidates: np.ndarray  # (T, K) item indices
-    probs: np.ndarray  # (T, K) true click probabilities
+    candidates: np.ndarray  # (T, K) item indices (-1 = padding)
+    probs: np.ndarray  # (T, K) true click probabilities (0/1 labels for logged impressions)
     uniforms: np.ndarray  # (T, K) click draws
     oracle: np.ndarray  # (T,) expected clicks of the best slate
     position_bias: np.ndarray  # (top_k,)
+    sizes: np.ndarray | None = None  # (T,) candidates per step; None = K everywhere
+    histories: list[np.ndarray] | None = None
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.users.shape[0])
+
+    def size(self, t: int) -> int:
+        return int(self.candidates.shape[1] if self.sizes is None else self.sizes[t])
 
 
 def position_weights(top_k: int, enabled: bool) -> np.ndarray:
@@ -267,11 +315,13 @@ def simulate(
     policies = {policy.name: policy}
     scorers = {scorer.name: scorer} if scorer is not None else {}
     learn = policy.stateful or any(getattr(s, "stateful", False) for s in scorers.values())
+    histories = steps.histories
+    ragged = steps.sizes is not None
     t0 = time.perf_counter()
-    for t in range(steps.users.shape[0]):
+    for t in range(steps.n_steps):
         u = int(steps.users[t])
-        cands = steps.candidates[t]
-        user_vec = rep.user_vector(u)
+        cands = steps.candidates[t, : steps.size(t)] if ragged else steps.candidates[t]
+        user_vec = rep.user_vector(u, None if histories is None else histories[t])
         item_vecs = rep.item_vectors(cands)
         cand_ids = [ids[i] for i in cands.tolist()]
         decision = rank_step(
@@ -281,9 +331,9 @@ def simulate(
             cand_ids=cand_ids,
             cand_vecs=item_vecs,
             top_k=top_k,
-            rng=core.event_rng(seed, f"sim-{t}"),
+            rng=cast(np.random.Generator, LazyRng(seed, f"sim-{t}")),
             stats=stats,
-            true_scores=steps.probs[t],
+            true_scores=steps.probs[t, : cands.shape[0]],
         )
         order = decision.order
         k = order.shape[0]
@@ -311,8 +361,7 @@ def simulate(
                     )
                 )
             if (t + 1) % update_every == 0:
-                for deltas in pending:
-                    stats.apply(deltas)
+                stats.apply(merge_deltas(pending))
                 pending.clear()
         rep.observe(u, shown, clicks, user_vec)
         if progress is not None and t % 500 == 0:

@@ -10,20 +10,24 @@ CTR for a recommendation slot.
   plus a per-item bias the text does not explain. So text embeddings are informative but
   not perfect *by construction*: this world is built so that text matters, and it says
   nothing about whether it does on real data.
-- ``movielens``: factors from a small matrix factorization (numpy ALS with biases) fitted
-  to all normalized ratings; the affinities are standardized and scaled to a logit spread
-  of ``spread`` before the same calibration. This is the real test of the text encoder:
-  nothing in the ground truth was derived from the item texts.
+- ratings worlds (``movielens:DIR``, ``files:CATALOG,INTERACTIONS``): factors from a
+  matrix factorization of *all* the interactions (:mod:`.truth`); the affinities are
+  standardized and scaled to a logit spread of ``spread`` before the same calibration.
+  This is the real test of the text encoder: nothing in the truth was derived from texts.
 
-Cold-start items are a random ``COLD_POOL`` share of the catalog whose interactions are
-removed from the *training part* (user histories and popularity), never from the truth.
+The split (per replicate seed): a random ``COLD_POOL`` share of the catalog are cold-start
+items, and each user's most recent ``EVAL_SHARE`` of interactions is the evaluation part.
+The **training part** — the rest, minus every interaction with a cold item — is all that
+user histories, popularity and fine-tuning (:meth:`World.train_dataset`) may read; the
+truth is fitted on everything (it is the world, not a model), and replay reads the
+evaluation part.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +36,25 @@ from explorank.errors import InvalidArgumentError
 log = logging.getLogger("explorank.benchmarks")
 
 COLD_POOL = 0.2  # share of the catalog held out of training as cold-start items
+EVAL_SHARE = 0.2  # share of each user's most recent interactions held out of training
+
+
+@dataclass
+class Interactions:
+    """(user, item, value, timestamp) rows as index arrays into the world's users/items."""
+
+    users: np.ndarray
+    items: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def take(self, mask: np.ndarray) -> Interactions:
+        return Interactions(
+            self.users[mask], self.items[mask], self.values[mask], self.timestamps[mask]
+        )
 
 
 @dataclass
@@ -49,6 +72,9 @@ class World:
     #: the log for replay: (user, item, reward 0/1) in time order, and whether it was uniform
     log: list[tuple[int, int, float]]
     log_uniform: bool = False
+    #: the training part (module docstring); user ids as strings for fine-tuning
+    train: Interactions | None = None
+    user_ids: list[str] = field(default_factory=list)
 
     @property
     def n_users(self) -> int:
@@ -66,6 +92,23 @@ class World:
     def diversity_vectors(self) -> np.ndarray:
         n = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
         return self.item_factors / np.where(n == 0, 1.0, n)
+
+    def train_dataset(self) -> Any:
+        """The training part as an :class:`explorank.export.data.Dataset` (what fine-tuning
+        may read: never an evaluation-part or cold-item interaction)."""
+        from explorank.export.data import Dataset, Interaction, Item
+
+        items = [Item(i, t) for i, t in zip(self.item_ids, self.item_texts, strict=True)]
+        tr = self.train
+        rows: list[Interaction] = []
+        if tr is not None:
+            uid = self.user_ids or [str(u) for u in range(self.n_users)]
+            for u, i, v, ts in zip(
+                tr.users.tolist(), tr.items.tolist(), tr.values.tolist(),
+                tr.timestamps.tolist(), strict=True,
+            ):  # fmt: skip
+                rows.append(Interaction(uid[u], self.item_ids[i], float(v), int(ts)))
+        return Dataset(items, rows, name=f"{self.name}-train")
 
 
 def _calibrate(logits: np.ndarray, base_ctr: float) -> float:
@@ -126,19 +169,9 @@ def synthetic_world(
     offset = _calibrate(_sample_logits(user_f, item_f, bias, rng), base_ctr)
     cold = _cold_mask(n, rng)
     world = World(
-        "synthetic",
-        list(item_ids),
-        list(item_texts),
-        user_f,
-        item_f,
-        bias,
-        offset,
-        cold,
-        np.zeros(n),
-        [[] for _ in range(n_users)],
-        [],
-        log_uniform=True,
-    )
+        "synthetic", list(item_ids), list(item_texts), user_f, item_f, bias, offset, cold,
+        np.zeros(n), [[] for _ in range(n_users)], [], log_uniform=True,
+    )  # fmt: skip
     # training part: each user was shown `history_len` random warm items
     warm = np.flatnonzero(~cold)
     shown = warm[rng.integers(0, warm.shape[0], size=(n_users, history_len))]
@@ -146,6 +179,11 @@ def synthetic_world(
     clicks = rng.random(probs.shape) < probs
     np.add.at(world.popularity, shown[clicks], 1.0)
     world.history = [shown[u][clicks[u]].tolist() for u in range(n_users)]
+    users = np.repeat(np.arange(n_users), history_len)
+    world.train = Interactions(
+        users, shown.reshape(-1), np.where(clicks.reshape(-1), 1.0, -1.0),
+        np.tile(np.arange(history_len), n_users),
+    )  # fmt: skip
     # a uniformly random logging policy's log, for replay: one random item per event
     users = np.asarray(rng.integers(0, n_users, size=4 * n_users))
     items = np.asarray(rng.integers(0, n, size=users.shape[0]))
@@ -156,103 +194,105 @@ def synthetic_world(
     return world
 
 
-def _als(
-    users: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    n_users: int,
-    n_items: int,
-    rank: int,
-    reg: float,
-    iters: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Explicit-feedback ALS on (user, item, value) triples: alternating ridge solves."""
-    p = rng.normal(0, 0.1, size=(n_users, rank))
-    q = rng.normal(0, 0.1, size=(n_items, rank))
-    by_user = np.argsort(users, kind="stable")
-    by_item = np.argsort(items, kind="stable")
-    u_bounds = np.searchsorted(users[by_user], np.arange(n_users + 1))
-    i_bounds = np.searchsorted(items[by_item], np.arange(n_items + 1))
-    eye = reg * np.eye(rank)
+@dataclass
+class RatingsTruth:
+    """A ratings data set and its fitted truth, shared by every replicate seed."""
 
-    def solve(
-        fixed: np.ndarray, order: np.ndarray, bounds: np.ndarray, other: np.ndarray, out: np.ndarray
-    ) -> None:
-        for e in range(out.shape[0]):
-            rows = order[bounds[e] : bounds[e + 1]]
-            if rows.size == 0:
-                out[e] = 0.0
-                continue
-            f = fixed[other[rows]]
-            out[e] = np.linalg.solve(f.T @ f + eye, f.T @ values[rows])
-
-    for _ in range(iters):
-        solve(q, by_user, u_bounds, items, p)
-        solve(p, by_item, i_bounds, users, q)
-    return p, q
+    name: str
+    item_ids: list[str]
+    item_texts: list[str]
+    user_ids: list[str]
+    rows: Interactions  # every interaction, in time order
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    item_bias: np.ndarray
+    offset: float
 
 
-def movielens_world(
-    directory: str | Path,
-    *,
-    rank: int = 16,
-    reg: float = 5.0,
-    iters: int = 8,
-    spread: float = 2.0,
-    base_ctr: float = 0.05,
-    seed: int = 0,
-) -> World:
-    """A world whose truth is an ALS factorization of the MovieLens ratings."""
-    from explorank.export.data import load_movielens
+def ratings_truth(
+    ds: Any, name: str, *, rank: int = 16, reg: float = 5.0, iters: int = 8,
+    spread: float = 2.0, base_ctr: float = 0.05,
+    factors: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None,
+) -> RatingsTruth:  # fmt: skip
+    """Fit the truth of a :class:`~explorank.export.data.Dataset` (module docstring);
+    ``factors`` = (user factors, item factors, item bias, offset) of an earlier fit."""
+    from explorank.benchmarks.evaluation.truth import fit_truth
 
-    ds = load_movielens(directory)
     index = ds.item_index()
     user_index: dict[str, int] = {}
-    for it in ds.interactions:
-        user_index.setdefault(it.user_id, len(user_index))
     inter = sorted(ds.interactions, key=lambda x: x.timestamp)
     if not inter:
-        raise InvalidArgumentError("--dataset", f"{directory} has no ratings")
-    users = np.array([user_index[x.user_id] for x in inter], dtype=np.int64)
-    items = np.array([index[x.item_id] for x in inter], dtype=np.int64)
-    values = np.array([x.value for x in inter], dtype=np.float64)
+        raise InvalidArgumentError("--dataset", f"{name} has no interactions")
+    for it in inter:
+        user_index.setdefault(it.user_id, len(user_index))
+    rows = Interactions(
+        np.array([user_index[x.user_id] for x in inter], dtype=np.int64),
+        np.array([index[x.item_id] for x in inter], dtype=np.int64),
+        np.array([x.value for x in inter], dtype=np.float64),
+        np.array([x.timestamp for x in inter], dtype=np.int64),
+    )
     n_users, n_items = len(user_index), len(ds.items)
-    rng = np.random.default_rng(seed)
-    mu = values.mean()
-    resid = values - mu
-    cnt_i = np.bincount(items, minlength=n_items)
-    b_i = np.bincount(items, weights=resid, minlength=n_items) / (cnt_i + 10.0)
-    log.info("fitting the ground truth: ALS rank %d on %d ratings ...", rank, values.shape[0])
-    p, q = _als(users, items, resid - b_i[items], n_users, n_items, rank, reg, iters, rng)
+    if factors is not None:
+        uf, itf, bias, offset = factors
+        if uf.shape[0] != n_users or itf.shape[0] != n_items:
+            raise ValueError("cached factors do not match the data set")
+        return RatingsTruth(name, [it.id for it in ds.items], [it.text for it in ds.items],
+                            list(user_index), rows, uf, itf, bias, offset)  # fmt: skip
+    log.info("fitting the ground truth: ALS rank %d on %d interactions ...", rank, len(rows))
+    p, q, b = fit_truth(rows.users, rows.items, rows.values, n_users, n_items, rank=rank,
+                        reg=reg, iters=iters, seed=0)  # fmt: skip
+    rng = np.random.default_rng(0)
     # standardize the affinity b_i + p·q over random pairs, then scale to the logit spread
-    sample = _sample_logits(p, q, b_i, rng)
-    s = spread / (sample.std() + 1e-12)
-    user_f, item_f, bias = p * np.sqrt(s), q * np.sqrt(s), b_i * s
+    s = spread / (_sample_logits(p, q, b, rng).std() + 1e-12)
+    user_f, item_f, bias = p * np.sqrt(s), q * np.sqrt(s), b * s
     offset = _calibrate(_sample_logits(user_f, item_f, bias, rng), base_ctr)
+    return RatingsTruth(name, [it.id for it in ds.items], [it.text for it in ds.items],
+                        list(user_index), rows, user_f, item_f, bias, offset)  # fmt: skip
+
+
+def eval_mask(users: np.ndarray, n_users: int) -> np.ndarray:
+    """Rows (in time order) in each user's most recent ``EVAL_SHARE`` (a user with one
+    interaction keeps it in training)."""
+    counts = np.bincount(users, minlength=n_users)
+    n_eval = np.where(counts >= 2, np.ceil(EVAL_SHARE * counts), 0).astype(np.int64)
+    order = np.argsort(users, kind="stable")  # per user, time order kept
+    rank = np.empty_like(order)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(users.shape[0]) - np.repeat(starts, counts)
+    return rank >= (counts - n_eval)[users]
+
+
+def ratings_world(truth: RatingsTruth, *, seed: int = 0) -> World:
+    """The world of ``truth`` with replicate ``seed``'s split (module docstring)."""
+    rng = np.random.default_rng(seed)
+    n_items, n_users = len(truth.item_ids), len(truth.user_ids)
     cold = _cold_mask(n_items, rng)
-    train = ~cold[items]
-    popularity = np.bincount(items[train], minlength=n_items).astype(np.float64)
+    rows = truth.rows
+    held = eval_mask(rows.users, n_users)
+    train = rows.take(~held & ~cold[rows.items])
+    popularity = np.bincount(train.items, minlength=n_items).astype(np.float64)
     history: list[list[int]] = [[] for _ in range(n_users)]
     for u, i, v in zip(
-        users[train].tolist(), items[train].tolist(), values[train].tolist(), strict=True
+        train.users.tolist(), train.items.tolist(), train.values.tolist(), strict=True
     ):
         if v > 0:
             history[u].append(i)
-    log_rows = list(
-        zip(users.tolist(), items.tolist(), (values > 0).astype(float).tolist(), strict=True)
-    )
+    ev = rows.take(held | cold[rows.items])
+    log_rows = list(zip(ev.users.tolist(), ev.items.tolist(),
+                        (ev.values > 0).astype(float).tolist(), strict=True))  # fmt: skip
     return World(
-        f"movielens:{Path(directory).name}",
-        [it.id for it in ds.items],
-        [it.text for it in ds.items],
-        user_f,
-        item_f,
-        bias,
-        offset,
-        cold,
-        popularity,
-        history,
-        log_rows,
-        log_uniform=False,
+        truth.name, truth.item_ids, truth.item_texts, truth.user_factors, truth.item_factors,
+        truth.item_bias, truth.offset, cold, popularity, history, log_rows, log_uniform=False,
+        train=train, user_ids=truth.user_ids,
+    )  # fmt: skip
+
+
+def movielens_world(directory: str, *, seed: int = 0) -> World:
+    """A MovieLens directory's world (ALS truth of its ratings, replicate ``seed``'s split)."""
+    from pathlib import Path
+
+    from explorank.export.data import load_movielens
+
+    return ratings_world(
+        ratings_truth(load_movielens(directory), f"movielens:{Path(directory).name}"), seed=seed
     )

@@ -78,7 +78,20 @@ def serve_headline(
         None,
     )
     single_p50 = single["p50_ms"] if single else None
+    hist1 = next(
+        (
+            r
+            for r in rows
+            if r["target"] == "explorank-history"
+            and r["mode"] == "closed"
+            and r["concurrency"] == 1
+        ),
+        None,
+    )
     return {
+        "history_p50_ms": hist1["p50_ms"] if hist1 else None,
+        "history_vs_text_p50": (hist1["p50_ms"] / single_p50) if hist1 and single_p50 else None,
+        "history_vs_text_throughput": ratio(at.get("explorank-history"), ex),
         "concurrency": c,
         "explorank_vs_peer_throughput": ratio(ex, peer),
         "explorank_p99_ms": ex["p99_ms"] if ex else None,

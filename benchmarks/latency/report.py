@@ -268,6 +268,16 @@ def serve_markdown(report: dict[str, Any], command: str = "") -> str:
         f"- single-client Rank p50 {_fmt(h.get('single_client_p50_ms'))} ms − encoder batch-1 p50 "
         f"{_fmt(h.get('encoder_batch1_p50_ms'))} ms at seq {h.get('encoder_seq_len')} = "
         f"**{_fmt(h.get('single_client_overhead_ms'))} ms**",
+    ]
+    if h.get("history_p50_ms") is not None:
+        lines.append(
+            f"- users as history ids (explorank-history, no encoder call) vs as text: "
+            f"single-client p50 {_fmt(h.get('history_p50_ms'))} ms vs "
+            f"{_fmt(h.get('single_client_p50_ms'))} ms (**{_fmt(h.get('history_vs_text_p50'))}×**); "
+            f"throughput at concurrency {h.get('concurrency')} "
+            f"**{_fmt(h.get('history_vs_text_throughput'))}×**"
+        )
+    lines += [
         "",
         "## Results",
         "",

@@ -9,8 +9,11 @@ Targets: ``explorank`` (dynamic batching, default settings), ``explorank-nobatch
 (``--max-batch-size 1``), ``explorank-wN`` (``--workers N``: N serving processes on one port,
 each with an equal share of the CPUs; e.g. ``explorank-w2``) and ``torch-peer``
 (:mod:`.peer_torch_server`: the Hugging Face model in PyTorch per request, what a user would
-otherwise write). All get the same
-client, the same request sequence and the same load points. Open-loop rates, unless
+otherwise write). All get the same client, the same request sequence and the same load
+points. ``explorank-history`` (not in the default list) serves with
+``ranking.user_representation = "history"`` and gets the same users described by
+``history_item_ids`` (the items whose texts make the others' context) instead of text: its
+Ranks make no encoder call. Open-loop rates, unless
 given, are 50% and 80% of the first target's best closed-loop throughput, and are then
 the same for every target.
 
@@ -66,7 +69,9 @@ from explorank.errors import ExplorankError, InvalidArgumentError
 
 __all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
 
-TARGETS = ("explorank", "explorank-nobatch", "torch-peer")
+TARGETS = ("explorank", "explorank-nobatch", "torch-peer", "explorank-history")
+DEFAULT_TARGETS = TARGETS[:3]
+HISTORY_TARGET = "explorank-history"
 SCENARIOS = ("sweep", "overload", "soak", "greedy")
 DEFAULT_BUCKETS = (16, 32, 64, 128)
 SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak, "greedy": run_greedy}
@@ -87,7 +92,7 @@ class ServeBenchConfig:
     bundle: Path | None = None
     model_dir: Path | None = None
     metrics_url: str | None = None
-    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     rates: list[float] | None = None
     duration_s: float = 10.0
@@ -257,8 +262,9 @@ async def _measure_target(
 
         after = reward if cfg.reward_fraction > 0 else None
         warm_c = min(max(cfg.concurrency), 16)
+        as_history = name == HISTORY_TARGET
         warm = await closed_loop(
-            lambda i: factory.make("warm", i),
+            lambda i: factory.make("warm", i, history=as_history),
             send,
             concurrency=warm_c,
             duration_s=cfg.warmup_s,
@@ -275,7 +281,7 @@ async def _measure_target(
             tag = f"{kind}{value:g}"
 
             def make(i: int) -> Any:
-                return factory.make(tag, i)
+                return factory.make(tag, i, history=as_history)
 
             res: LoadResult
             if kind == "c":
@@ -441,7 +447,12 @@ def run_serve_bench(
                     max_batch_size=1 if name == "explorank-nobatch" else None,
                     extra=extra,
                 )
-                server = ManagedServer(name, cmd, work, port_file, metrics_port=mport)
+                env = (
+                    {"EXPLORANK__RANKING__USER_REPRESENTATION": "history"}
+                    if name == HISTORY_TARGET
+                    else None
+                )
+                server = ManagedServer(name, cmd, work, port_file, metrics_port=mport, env=env)
             t0 = time.perf_counter()
             progress(f"starting {name} ...")
             try:

@@ -258,7 +258,19 @@ class RequestFactory:
         texts = rng.sample(self.texts, min(len(self.texts), rng.randint(1, 4)))
         return f"user-{tag}-{i}", " ".join(texts) + f" (session {tag}-{i})"
 
-    def make(self, tag: str, i: int) -> Any:
+    def history(self, tag: str, i: int) -> list[str]:
+        """The history ids of request ``i`` of run ``tag``: the catalog items whose texts
+        :meth:`context` joins (the same user, described by ids instead of text)."""
+        if not self.unique:
+            k = random.Random(f"{self.seed}:{tag}:{i}").randrange(self.pool)
+            rng = random.Random(f"{self.seed}:pool:{k}")
+        else:
+            rng = random.Random(f"{self.seed}:{tag}:{i}")
+        return rng.sample(self.ids, min(len(self.ids), rng.randint(1, 4)))
+
+    def make(self, tag: str, i: int, *, history: bool = False) -> Any:
+        """Request ``i`` of run ``tag``: the user as context text, or (``history=True``) as
+        the ids of the same items in ``history_item_ids`` with no text."""
         from explorank.v1 import ranker_pb2
 
         user_id, text = self.context(tag, i)
@@ -266,7 +278,8 @@ class RequestFactory:
         cands = rng.sample(self.ids, self.candidates)
         return ranker_pb2.RankRequest(
             user_id=user_id,
-            context_text=text,
+            context_text="" if history else text,
+            history_item_ids=self.history(tag, i) if history else [],
             top_k=self.top_k,
             candidates=[ranker_pb2.Candidate(item_id=c) for c in cands],
         )

@@ -152,8 +152,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--metrics-url", help="with --address: the server's /metrics URL (loopback)")
     srv.add_argument(
         "--targets",
-        help="comma list from explorank,explorank-nobatch,torch-peer and explorank-wN "
-        "(N worker processes, e.g. explorank-w2) (default: the first three)",
+        help="comma list from explorank,explorank-nobatch,torch-peer,explorank-history and "
+        "explorank-wN (N worker processes, e.g. explorank-w2) (default: the first three; "
+        "explorank-history: users as history ids, no encoder call)",
     )
     srv.add_argument(
         "--concurrency", help="closed-loop client counts (default 1,4,16,64; quick 1,4,16)"

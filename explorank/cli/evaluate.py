@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_POLICIES = "random,greedy,epsilon_greedy,softmax,ucb1,thompson,linucb,lin_ts"
+DEFAULT_POLICIES = (
+    "random,greedy,epsilon_greedy,softmax,ucb1,thompson,linucb,lin_ts,linucb_hybrid,lin_ts_hybrid"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bundle", type=Path, help="bundle for BERT embeddings (default: the default bundle)"
     )
     p.add_argument(
-        "--dataset", default="synthetic", help="synthetic | movielens:DIR (default synthetic)"
+        "--dataset",
+        default="synthetic",
+        help="synthetic | movielens:DIR | files:CATALOG,INTERACTIONS | impressions:DIR "
+        "(default synthetic; see docs/evaluation.md)",
     )
     p.add_argument(
         "--policies", default=DEFAULT_POLICIES, help=f"comma list (default {DEFAULT_POLICIES})"
@@ -34,8 +39,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma list of scorers for the bert representation "
         "(the id representation always uses dot; default dot)",
     )
-    p.add_argument("--representations", default="bert,id", help="comma list of bert, id")
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument(
+        "--representations",
+        default="bert,id",
+        help="comma list of bert, bert-ft (needs --finetune-steps), id (default bert,id)",
+    )
+    p.add_argument(
+        "--user-representation",
+        choices=("history", "text", "both"),
+        default="history",
+        help="BERT user vectors: history (recency-weighted mean of liked items' embeddings, "
+        "no encoder), text (the encoder on the liked items' texts; slow), both (default history)",
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="fine-tune the two-tower encoder this many steps on each replicate's training "
+        "part, export it and add the bert-ft representation (default 0: off)",
+    )
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="replicate seeds (--seed, --seed+1, ...): the report gives means and 95%% "
+        "intervals over them (default 1)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=0, help="parallel processes (default: the CPUs available)"
+    )
     p.add_argument("--candidates", type=int, default=20, help="candidates per step (K)")
     p.add_argument("--top-k", type=int, default=5, help="items shown per step")
     p.add_argument(
@@ -69,8 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--replay-events",
         type=int,
-        default=-1,
-        help="events to replay per run (-1: all of the log for movielens, none for synthetic)",
+        default=0,
+        help="evaluation-log events to replay per run on the first seed (default 0: no replay)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("explorank-evaluation"))
