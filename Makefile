@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
+# The stub generator (grpcio-tools 1.72.1 writes gencode 6.30.0) needs protobuf < 7: own venv.
+PROTO_VENV ?= .venv-proto
 
 .PHONY: serve test install install-dev lint typecheck pytest proto clean
 
@@ -33,8 +35,13 @@ pytest:
 
 test: install-dev lint typecheck pytest
 
-proto:
-	PATH=$(BIN):$$PATH proto/generate.sh
+$(PROTO_VENV)/bin/python:
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PROTO_VENV)/bin/python -m pip install -q "grpcio-tools==1.72.1"
+
+proto: $(PROTO_VENV)/bin/python
+	PATH=$(PROTO_VENV)/bin:$$PATH proto/generate.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
