@@ -101,6 +101,9 @@ class ServerConfig(_Section):
     max_message_mb: int = Field(16, ge=1, le=1024)
     #: Deadline applied to calls that carry none (seconds).
     default_deadline_s: float = Field(30.0, gt=0)
+    #: Serve the Open Inference Protocol (KServe v2, ``inference.GRPCInferenceService``:
+    #: models ``encoder`` and ``rank``) on the same port, next to ``explorank.v1.Ranker``.
+    oip: bool = True
     tls: TlsConfig = Field(default_factory=TlsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from explorank import __version__
 from explorank.engine import generation
 from explorank.engine.bundle import Bundle, load_bundle
@@ -48,6 +50,7 @@ from explorank.engine.requests import (
     request_fingerprint,
     validate_catalog_item,
     validate_rank,
+    validate_texts,
 )
 from explorank.errors import (
     AlreadyExistsError,
@@ -299,6 +302,24 @@ class Engine:
             return self._output(gen, event, req)
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
+            gen.release()
+            self._leave()
+
+    async def encode(
+        self, texts: list[str], *, deadline: float | None = None, field: str = "texts"
+    ) -> tuple[np.ndarray, str]:
+        """The encoder alone: the embeddings of ``texts`` (``(n, dim)`` float32, L2-normalised)
+        through the same tokenizer thread and dynamic batcher as Rank — admission, deadlines,
+        fairness — with no cache and nothing logged. Returns them with the model version.
+        ``field`` names the texts in error messages."""
+        self._enter()
+        gen = self.gen
+        gen.acquire()
+        try:
+            validate_texts(texts, self.config.limits, field, gen.embedder.batcher.max_per_request)
+            vecs = await gen.embedder.encode_texts(texts, deadline)
+            return np.asarray(vecs, dtype=np.float32), gen.bundle.model_version
+        finally:
             gen.release()
             self._leave()
 

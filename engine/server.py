@@ -16,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from explorank.engine.grpc_errors import OncePerKey, to_client
+from explorank.engine.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from explorank.engine.oip import OipServicer, add_oip_service
 from explorank.engine.pipeline import Engine
 from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
@@ -107,6 +109,14 @@ class _Servicer:
         self.engine = engine
         self._log_once = log_once or OncePerKey()
 
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The call's deadline as a ``time.monotonic()`` time (``server.default_deadline_s``
+        for calls that carry none)."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self.engine.config.server.default_deadline_s
+        return time.monotonic() + remaining
+
     async def _call(
         self,
         rpc: str,
@@ -157,12 +167,6 @@ class _Servicer:
 
 class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
     """``explorank.v1.Ranker``: Rank, Reward, GetInfo."""
-
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        if remaining is None:
-            remaining = self.engine.config.server.default_deadline_s
-        return time.monotonic() + remaining
 
     async def Rank(
         self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -232,6 +236,35 @@ class AdminServicer(_Servicer, ranker_pb2_grpc.AdminServicer):
         return await self._call("RemoveItems", context, request, run)
 
 
+def reflection_pool() -> Any:
+    """One descriptor pool with every served service, for server reflection: explorank's own
+    and the standard ones live in protobuf's default pool, the Open Inference Protocol in
+    :mod:`explorank.oip`'s private pool (see there why)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    import explorank.oip as oip
+
+    pool = descriptor_pool.DescriptorPool()
+    for data in oip.FILES:
+        pool.AddSerializedFile(data)
+    seen: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dep in file.dependencies:
+            add(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.AddSerializedFile(proto.SerializeToString())
+
+    for file in (ranker_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        add(file)
+    return pool
+
+
 def manifest_signature(bundle_dir: Any) -> tuple[str, int, int] | None:
     """(resolved path, mtime, size) of a bundle's manifest, None when unreadable."""
     from pathlib import Path
@@ -267,14 +300,18 @@ class Server:
         add_service(RankerServicer(engine, log_once), self.grpc_server, "Ranker")
         add_service(AdminServicer(engine, log_once), self.grpc_server, "Admin")
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+        if sc.oip:
+            shared = _Servicer(engine, log_once)
+            add_oip_service(
+                OipServicer(engine, self.ready, shared._call, shared._deadline),
+                self.grpc_server,
+                _safe,
+            )
+            services.append(OIP_SERVICE_NAME)
+        services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                ADMIN_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.grpc_server,
+            (*services, reflection.SERVICE_NAME), self.grpc_server, pool=reflection_pool()
         )
         self.port = 0
         self._metrics_server: Any = None
@@ -283,6 +320,10 @@ class Server:
         self._serving: bool | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
+        """What health reports: SERVING (Rank can be served now, not shutting down)."""
+        return self._serving is True and not self._stopping
 
     async def _set_health(self, status: Any) -> None:
         await self.health.set("", status)
