@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from explorank import __version__
-from explorank.engine import generation
+from explorank.engine import generation, tracing
 from explorank.engine.bundle import Bundle, load_bundle
 from explorank.engine.catalog import Catalog
 from explorank.engine.config import Config
@@ -41,6 +41,7 @@ from explorank.engine.embedder import Embedder
 from explorank.engine.feedback import EventLog, Feedback
 from explorank.engine.generation import Generation
 from explorank.engine.int8_check import PrecisionChoice
+from explorank.engine.logformat import note_event_id
 from explorank.engine.metrics import EngineMetrics
 from explorank.engine.requests import (
     RankedItemOutput,
@@ -271,6 +272,7 @@ class Engine:
         try:
             explicit_event = bool(req.event_id)
             req = validate_rank(req, self.config.limits)
+            note_event_id(req.event_id)
             scorer_name = self.decider.scorer_name(req.scorer)
             policy_name = self.decider.policy_name(req.policy)
             fingerprint = request_fingerprint(req, scorer_name, policy_name)
@@ -376,7 +378,8 @@ class Engine:
             top_k=req.top_k,
             request_hash=fingerprint,
         )
-        await self.events.log(event)
+        with tracing.stage("log"):
+            await self.events.log(event)
         self.metrics.stage.labels("log").observe(time.perf_counter() - t0)
         return event
 
@@ -503,6 +506,7 @@ class Engine:
 
     # --------------------------------------------------------------------- Reward
     async def reward(self, event_id: str, item_id: str, value: float) -> RewardOutput:
+        note_event_id(event_id)
         self._enter()
         try:
             return await self.feedback.reward(event_id, item_id, value)

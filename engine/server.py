@@ -15,7 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from explorank.engine import tracing
 from explorank.engine.grpc_errors import OncePerKey, to_client
+from explorank.engine.logformat import call_context
 from explorank.engine.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from explorank.engine.oip import OipServicer, add_oip_service
 from explorank.engine.pipeline import Engine
@@ -103,11 +105,19 @@ def add_service(servicer: Any, server: grpc.aio.Server, name: str = "Ranker") ->
 
 
 class _Servicer:
-    """What every explorank servicer shares: one error map, one way to log faults."""
+    """What every explorank servicer shares: one error map, one way to log faults, one span
+    and one set of log fields per call."""
 
-    def __init__(self, engine: Engine, log_once: OncePerKey | None = None) -> None:
+    #: The gRPC service the servicer implements (span names, the debug access log).
+    service = ""
+
+    def __init__(
+        self, engine: Engine, log_once: OncePerKey | None = None, service: str | None = None
+    ) -> None:
         self.engine = engine
         self._log_once = log_once or OncePerKey()
+        if service is not None:
+            self.service = service
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The call's deadline as a ``time.monotonic()`` time (``server.default_deadline_s``
@@ -124,7 +134,23 @@ class _Servicer:
         request: Any,
         fn: Callable[[], Awaitable[T]],
     ) -> T:
+        with call_context():
+            if not tracing.enabled():
+                return await self._run(rpc, context, request, fn, None)
+            with tracing.rpc_span(self.service, rpc, context.invocation_metadata()) as span:
+                return await self._run(rpc, context, request, fn, span)
+
+    async def _run(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+        fn: Callable[[], Awaitable[T]],
+        span: Any,
+    ) -> T:
         code = grpc.StatusCode.OK
+        message = ""
+        t0 = time.perf_counter()
         try:
             if isinstance(request, Malformed):
                 self._log_once(
@@ -141,13 +167,24 @@ class _Servicer:
             raise
         except Exception as exc:
             out = to_client(exc)
-            code = out.code
+            code, message = out.code, out.message
             if code == grpc.StatusCode.INTERNAL:
                 self._report_internal(rpc, exc, out.error_id)
             await context.abort(code, out.message)
             raise  # abort raises; unreachable
         finally:
             self.engine.metrics.requests.labels(rpc, code.name).inc()
+            if span is not None:
+                tracing.finish(span, code, message)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s/%s %s in %.1f ms%s",
+                    self.service,
+                    rpc,
+                    code.name,
+                    (time.perf_counter() - t0) * 1000.0,
+                    f": {message}" if message else "",
+                )
 
     def _report_internal(self, rpc: str, exc: BaseException, error_id: str) -> None:
         """Log an INTERNAL once with its traceback (per plugin, or per exception type and
@@ -167,6 +204,8 @@ class _Servicer:
 
 class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
     """``explorank.v1.Ranker``: Rank, Reward, GetInfo."""
+
+    service = SERVICE_NAME
 
     async def Rank(
         self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -207,6 +246,8 @@ class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
 
 class AdminServicer(_Servicer, ranker_pb2_grpc.AdminServicer):
     """``explorank.v1.Admin``: hot reload and catalog changes (the ``admin`` token scope)."""
+
+    service = ADMIN_SERVICE_NAME
 
     async def Reload(
         self, request: ranker_pb2.ReloadRequest, context: grpc.aio.ServicerContext
@@ -302,7 +343,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
         if sc.oip:
-            shared = _Servicer(engine, log_once)
+            shared = _Servicer(engine, log_once, OIP_SERVICE_NAME)
             add_oip_service(
                 OipServicer(engine, self.ready, shared._call, shared._deadline),
                 self.grpc_server,
@@ -465,6 +506,8 @@ class Server:
             shutdown = getattr(server, "shutdown", None)
             if shutdown:
                 shutdown()
+        if tracing.enabled():
+            tracing.flush()
         self._stopped.set()
         log.info("stopped")
 

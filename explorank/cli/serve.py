@@ -76,6 +76,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable; model.trusted_keys)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (default) or json: one JSON object per line (server.log_format)",
+    )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans per call, exported as the OTEL_* variables say "
+        "(needs the otel extra; tracing.enabled)",
+    )
     g = p.add_argument_group("TLS and authentication (docs/operations.md, Security)")
     g.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: serve TLS")
     g.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -103,6 +114,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("server", "port", args.port)
     put("server", "metrics_port", args.metrics_port)
     put("server", "grace_s", args.grace)
+    put("server", "log_format", getattr(args, "log_format", None))
+    if getattr(args, "tracing", False):
+        put("tracing", "enabled", True)
     for key, value in (
         ("cert", args.tls_cert),
         ("key", args.tls_key),
@@ -165,6 +179,7 @@ def onnxruntime_conflict(installed: Sequence[str] | None = None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explorank.engine import logformat, tracing
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
@@ -172,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
     from explorank.engine.security import ServerSecurity
     from explorank.engine.server import Server
 
+    if args.log_format:
+        logformat.configure(args.log_format)
     config = load_config(args.config, overrides=overrides_from_args(args))
+    logformat.configure(config.server.log_format)
     # Before the (slow) bundle load: a taken port is a one-line error at once.
     sc = config.server
     if sc.port and sc.port == sc.metrics_port:
@@ -184,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
         check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     # Certificates, keys and tokens are checked before the bundle too.
     security = ServerSecurity.from_config(sc)
+    tc = config.tracing
+    tracing.configure(tc.enabled, tc.exporter, tc.service_name)
+    if tc.enabled:
+        log.info("tracing: OpenTelemetry spans to the %s exporter", tc.exporter)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
     config.state.options = config.state.store_options()
@@ -204,8 +226,12 @@ def run(args: argparse.Namespace) -> int:
             raise
         if args.port_file:
             args.port_file.write_text(str(port))
-        print(f"explorank serving on {config.server.host}:{port}", flush=True)
+        if config.server.log_format == "text":  # in JSON mode the SERVING log line says it
+            print(f"explorank serving on {config.server.host}:{port}", flush=True)
         await server.wait()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.disable()  # flushes the spans still buffered
     return 0
