@@ -10,15 +10,12 @@ PROTO_VENV ?= .venv-proto
 
 .PHONY: serve test install install-dev lint typecheck pytest proto clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+# scripts/install.sh is the one install path: here (so in CI) and in deploy/Dockerfile*.
+install:
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) export,demo,redis --editable
 
-install: $(BIN)/python
-	$(PIP) install -q -e ".[export,demo,redis]"
-
-install-dev: $(BIN)/python
-	$(PIP) install -q -e ".[export,demo,redis,dev]"
+install-dev:
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) export,demo,redis,dev --editable
 
 serve: install
 	$(BIN)/explorank serve

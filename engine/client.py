@@ -354,6 +354,15 @@ class RankerClient:
     def info(self, *, timeout: float | None = None) -> dict[str, Any]:
         return _info(self._invoke(self._stub.GetInfo, ranker_pb2.GetInfoRequest(), timeout))
 
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status: ``SERVING`` or ``NOT_SERVING`` (no token needed)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = self._invoke(stub.Check, req, timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
 
 class AsyncRankerClient:
     """:class:`RankerClient` for asyncio, on a ``grpc.aio`` channel: the same options, types,
@@ -489,3 +498,12 @@ class AsyncRankerClient:
     async def info(self, *, timeout: float | None = None) -> dict[str, Any]:
         resp = await self._invoke(self._stub.GetInfo, ranker_pb2.GetInfoRequest(), timeout)
         return _info(resp)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """As :meth:`RankerClient.health`."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = await self._invoke(stub.Check, req, timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))

@@ -30,6 +30,9 @@ from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 log = logging.getLogger("explorank.server")
 
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+#: A health service name that is SERVING for as long as the process serves at all (for
+#: liveness probes: a Redis outage makes the server NOT_SERVING, not dead).
+LIVENESS_SERVICE = "explorank.liveness"
 ADMIN_SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 T = TypeVar("T")
 
@@ -374,6 +377,7 @@ class Server:
         sc = self.engine.config.server
         self.port = self._add_port(sc.host, sc.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc_server.start()
         log.info(
             "gRPC listening on %s:%d (%s; warming up)", sc.host, self.port, self.security.describe()
