@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from explorank.engine import tracing
+
 __all__ = ["FORMATS", "JsonFormatter", "call_context", "configure", "note_event_id"]
 
 FORMATS = ("text", "json")
@@ -51,8 +53,6 @@ def note_event_id(event_id: str) -> None:
     fields = _CALL.get()
     if fields is not None and event_id:
         fields["event_id"] = event_id
-    from explorank.engine import tracing
-
     if event_id and tracing.enabled():
         tracing.set_attribute("explorank.event_id", event_id)
 
@@ -75,8 +75,6 @@ class JsonFormatter(logging.Formatter):
         event_id = getattr(record, "event_id", None) or (_CALL.get() or {}).get("event_id")
         if event_id:
             out["event_id"] = event_id
-        from explorank.engine import tracing
-
         if tracing.enabled():
             out.update(tracing.current_ids())
         if record.exc_info:

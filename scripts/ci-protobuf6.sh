@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 PIP="$PY -m pip"
-EXTRAS=${EXTRAS:-export,demo,redis,dev,otel}
+EXTRAS=${EXTRAS:-export,demo,redis,dev}  # what `make install-dev` installed
 
 restore() {
   echo "[protobuf-6] restoring protobuf 7 in $VENV"
