@@ -5,18 +5,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
+# The stub generator (grpcio-tools 1.72.1 writes gencode 6.30.0) needs protobuf < 7: own venv.
+PROTO_VENV ?= .venv-proto
 
 .PHONY: serve test install install-dev lint typecheck pytest proto clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+# scripts/install.sh is the one install path: here (so in CI) and in deploy/Dockerfile*.
+install:
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) export,demo,redis --editable
 
-install: $(BIN)/python
-	$(PIP) install -q -e ".[export,demo,redis]"
-
-install-dev: $(BIN)/python
-	$(PIP) install -q -e ".[export,demo,redis,dev]"
+install-dev:
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) export,demo,redis,dev --editable
 
 serve: install
 	$(BIN)/explorank serve
@@ -33,8 +32,13 @@ pytest:
 
 test: install-dev lint typecheck pytest
 
-proto:
-	PATH=$(BIN):$$PATH proto/generate.sh
+$(PROTO_VENV)/bin/python:
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PROTO_VENV)/bin/python -m pip install -q "grpcio-tools==1.72.1"
+
+proto: $(PROTO_VENV)/bin/python
+	PATH=$(PROTO_VENV)/bin:$$PATH proto/generate.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

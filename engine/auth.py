@@ -13,7 +13,8 @@ A client sends the metadata ``authorization: Bearer <token>``. The
 malformed or unknown, and ``PERMISSION_DENIED`` when it is valid but lacks the scope the
 method needs (:data:`METHOD_SCOPES`); a method missing from that table is denied to every
 token, so a new RPC stays closed until it is listed. Health and reflection
-(:data:`OPEN_SERVICES`) need no token.
+(:data:`OPEN_SERVICES`) and the Open Inference Protocol's ServerLive, ServerReady and
+ModelReady (:data:`OPEN_METHODS`) need no token.
 
 Tokens are kept only as SHA-256 digests and every presented token is compared with every
 known one (``hmac.compare_digest`` on equal-length digests, no early exit), so neither the
@@ -46,6 +47,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "METHOD_SCOPES",
+    "OPEN_METHODS",
     "OPEN_SERVICES",
     "SCOPES",
     "TOKENS_ENV",
@@ -75,6 +77,11 @@ METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
         "/explorank.v1.Admin/Reload": "admin",
         "/explorank.v1.Admin/AddItems": "admin",
         "/explorank.v1.Admin/RemoveItems": "admin",
+        # The Open Inference Protocol (KServe v2): inference and what describes the models
+        "/inference.GRPCInferenceService/ModelInfer": "rank",
+        "/inference.GRPCInferenceService/ModelMetadata": "rank",
+        "/inference.GRPCInferenceService/ModelConfig": "rank",
+        "/inference.GRPCInferenceService/ServerMetadata": "rank",
     }
 )
 
@@ -85,6 +92,17 @@ OPEN_SERVICES = frozenset(
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+#: Single methods callable without a token: the Open Inference Protocol's liveness and
+#: readiness calls, which are its health checks (they answer true/false, and ModelReady
+#: NOT_FOUND for a model name the server does not have).
+OPEN_METHODS = frozenset(
+    {
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+        "/inference.GRPCInferenceService/ModelReady",
     }
 )
 
@@ -254,15 +272,19 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         *,
         method_scopes: Mapping[str, str] = METHOD_SCOPES,
         open_services: Iterable[str] = OPEN_SERVICES,
+        open_methods: Iterable[str] = OPEN_METHODS,
         on_denied: Callable[[str, grpc.StatusCode], None] | None = None,
     ) -> None:
         self.tokens = tokens
         self.method_scopes = dict(method_scopes)
         self.open_services = frozenset(open_services)
+        self.open_methods = frozenset(open_methods)
         self.on_denied = on_denied
 
     def is_open(self, method: str) -> bool:
-        return method.lstrip("/").split("/", 1)[0] in self.open_services
+        return (
+            method in self.open_methods or method.lstrip("/").split("/", 1)[0] in self.open_services
+        )
 
     def authorize(self, method: str, metadata: Iterable[Any] | None) -> Denial | None:
         """None when the call may proceed, else why not."""
@@ -303,7 +325,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         denial = self.authorize(method, handler_call_details.invocation_metadata)
         handler = await continuation(handler_call_details)
-        if denial is None:
+        if denial is None or handler is None:  # no such method: UNIMPLEMENTED, token or not
             return handler
         if self.on_denied is not None:
             self.on_denied(method, denial.code)

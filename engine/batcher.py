@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from explorank.engine import tracing
 from explorank.engine.admission import Admission
 from explorank.errors import (
     ConfigError,
@@ -116,7 +117,7 @@ class BatcherStats:
 
 
 class _Request:
-    __slots__ = ("ids", "future", "enqueued", "deadline", "timer", "bucket", "owner")
+    __slots__ = ("ids", "future", "enqueued", "deadline", "timer", "bucket", "owner", "trace")
 
     def __init__(self, ids: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None):
         self.ids = ids
@@ -126,6 +127,8 @@ class _Request:
         self.timer: asyncio.TimerHandle | None = None
         self.bucket = 0
         self.owner: _Backlog | None = None
+        #: the caller's span (tracing on): queue and encode spans are recorded under it
+        self.trace: Any = None
 
 
 class _Backlog:
@@ -160,6 +163,36 @@ def _as_ids(ids: Any, field_name: str) -> np.ndarray:
             f"expected a non-empty 1-D integer array of token ids, got {arr.dtype}{arr.shape}",
         )
     return arr if arr.dtype == np.int64 else arr.astype(np.int64)
+
+
+def _by_parent(reqs: Sequence[_Request]) -> dict[int, tuple[Any, list[_Request]]]:
+    groups: dict[int, tuple[Any, list[_Request]]] = {}
+    for req in reqs:
+        if req.trace is not None:
+            groups.setdefault(id(req.trace), (req.trace, []))[1].append(req)
+    return groups
+
+
+def _trace_queue(taken: Sequence[_Request], now: float) -> None:
+    """One ``queue`` span per request (its sequences in this batch): enqueue -> batch formed."""
+    end = tracing.mono_to_ns(now)
+    for parent, mine in _by_parent(taken).values():
+        start = tracing.mono_to_ns(min(r.enqueued for r in mine))
+        tracing.record(parent, "queue", start, end, {"explorank.sequences": len(mine)})
+
+
+def _trace_encode(reqs: Sequence[_Request], start: int, end: int, length: int, real: int) -> None:
+    """One ``encode`` span per request in the batch, with the batch's size and padding."""
+    n = len(reqs)
+    batch = {
+        "explorank.batch_size": n,
+        "explorank.padded_length": length,
+        "explorank.real_tokens": real,
+        "explorank.padded_tokens": n * length,
+        "explorank.padding_efficiency": real / (n * length) if n * length else 1.0,
+    }
+    for parent, mine in _by_parent(reqs).values():
+        tracing.record(parent, "encode", start, end, {**batch, "explorank.sequences": len(mine)})
 
 
 class DynamicBatcher:
@@ -403,10 +436,12 @@ class DynamicBatcher:
         self._last_arrival = now
         loop = self._loop
         assert loop is not None
+        parent = tracing.capture()
         reqs = []
         for arr, bucket in zip(arrays, buckets, strict=True):
             req = _Request(arr, loop.create_future(), deadline)
             req.bucket = bucket
+            req.trace = parent
             if deadline is not None:
                 req.timer = loop.call_later(deadline - now, self._expire, req)
             reqs.append(req)
@@ -590,6 +625,8 @@ class DynamicBatcher:
             del self._queues[key]
         for owner, count in released.items():
             self._release(owner, count, now)
+        if tracing.enabled():
+            _trace_queue(out, now)
         return out
 
     def _drop(self, req: _Request) -> None:
@@ -670,6 +707,7 @@ class DynamicBatcher:
                 mask[row, :k] = 1
                 real += k
             t0 = time.perf_counter()
+            t0_ns = time.time_ns()
             try:
                 out = await self._loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
                 out = np.asarray(out)
@@ -704,6 +742,8 @@ class DynamicBatcher:
             st.batch_sizes[n] += 1
             if self._metrics is not None:
                 _safe(self._metrics.observe_batch, n, real, n * length, compute_s)
+            if tracing.enabled():
+                _trace_encode(reqs, t0_ns, time.time_ns(), length, real)
         finally:
             self._executing_tokens -= n * length
             self._executing -= 1

@@ -104,6 +104,12 @@ class ServerConfig(_Section):
     #: Serving processes on the one port (SO_REUSEPORT), each with an equal share of the
     #: CPUs; they share the state store (docs/operations.md, "Several worker processes").
     workers: int = Field(1, ge=1, le=256)
+    #: Serve the Open Inference Protocol (KServe v2, ``inference.GRPCInferenceService``:
+    #: models ``encoder`` and ``rank``) on the same port, next to ``explorank.v1.Ranker``.
+    oip: bool = True
+    #: Log lines as human-readable text, or one JSON object per line (timestamp, level,
+    #: logger, message, event_id where known) for log pipelines (serve --log-format).
+    log_format: Literal["text", "json"] = "text"
     tls: TlsConfig = Field(default_factory=TlsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
@@ -309,6 +315,19 @@ class PluginsConfig(_Section):
     override: list[str] = Field(default_factory=list)
 
 
+class TracingConfig(_Section):
+    """``[tracing]``: OpenTelemetry spans per call (the ``otel`` extra; see
+    :mod:`explorank.engine.tracing`). Where they go is set by the standard ``OTEL_*``
+    environment variables (endpoint, protocol, headers, sampler, service name)."""
+
+    #: Off by default (no OpenTelemetry import, no cost); serve --tracing turns it on.
+    enabled: bool = False
+    #: otlp (OTEL_EXPORTER_OTLP_* decide the endpoint and protocol) or console (stdout).
+    exporter: Literal["otlp", "console"] = "otlp"
+    #: service.name of the spans when OTEL_SERVICE_NAME is not set.
+    service_name: str = "explorank"
+
+
 class Config(BaseSettings):
     """Every setting of ``explorank serve`` (see the module docstring for the sources)."""
 
@@ -330,6 +349,7 @@ class Config(BaseSettings):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> Config:

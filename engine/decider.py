@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from explorank.engine import decision as core
+from explorank.engine import tracing
 from explorank.errors import ConfigError, NotFoundError
 from explorank.plugins.api import EventRecord, Policy, Scorer, ScorerContext, StatsDelta
 
@@ -74,7 +76,10 @@ class Decider:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the decider's thread (see the module docstring)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
+        call = functools.partial(fn, *args, **kwargs)
+        if tracing.enabled():  # the stage spans on the thread join the caller's trace
+            call = functools.partial(contextvars.copy_context().run, call)
+        return await loop.run_in_executor(self._thread, call)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
@@ -178,28 +183,32 @@ class Decider:
         scorer = (scorers or self.scorers).get(scorer_name) or self.scorers[scorer_name]
         try:
             t0 = time.perf_counter()
-            scores = core.score(
-                scorer,
-                scorer_name,
-                user=user,
-                cand_ids=cand_ids,
-                cand_vecs=cand_vecs,
-                stats=self.stats,
-            )
+            with tracing.stage(
+                "score", **{"explorank.scorer": scorer_name, "explorank.candidates": len(cand_ids)}
+            ):
+                scores = core.score(
+                    scorer,
+                    scorer_name,
+                    user=user,
+                    cand_ids=cand_ids,
+                    cand_vecs=cand_vecs,
+                    stats=self.stats,
+                )
             t1 = time.perf_counter()
             self.metrics.stage.labels("score").observe(t1 - t0)
-            decision = core.choose(
-                self.policies[policy_name],
-                policy_name,
-                scores=scores,
-                user=user,
-                cand_ids=cand_ids,
-                cand_vecs=cand_vecs,
-                top_k=top_k,
-                rng=core.event_rng(self.ranking.seed, event_id),
-                stats=self.stats.get(policy_name),
-                scorer=scorer_name,
-            )
+            with tracing.stage("policy", **{"explorank.policy": policy_name}):
+                decision = core.choose(
+                    self.policies[policy_name],
+                    policy_name,
+                    scores=scores,
+                    user=user,
+                    cand_ids=cand_ids,
+                    cand_vecs=cand_vecs,
+                    top_k=top_k,
+                    rng=core.event_rng(self.ranking.seed, event_id),
+                    stats=self.stats.get(policy_name),
+                    scorer=scorer_name,
+                )
             self.metrics.stage.labels("policy").observe(time.perf_counter() - t1)
             return decision
         except core.PluginFailure as exc:

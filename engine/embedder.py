@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explorank.engine import tracing
 from explorank.engine.cache import LRUCache, content_key
 from explorank.engine.catalog import Catalog
 from explorank.engine.requests import RankInput
@@ -148,9 +149,10 @@ class Embedder:
         """Token ids of ``texts``, computed on the tokenizer thread."""
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        ids: list[np.ndarray] = await loop.run_in_executor(
-            self._tokenize_pool, self.tokenizer.encode_batch, list(texts)
-        )
+        with tracing.stage("tokenize", **{"explorank.texts": len(texts)}):
+            ids: list[np.ndarray] = await loop.run_in_executor(
+                self._tokenize_pool, self.tokenizer.encode_batch, list(texts)
+            )
         self.metrics.stage.labels("tokenize").observe(time.perf_counter() - t0)
         return ids
 

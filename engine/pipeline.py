@@ -28,8 +28,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from explorank import __version__
-from explorank.engine import generation
+from explorank.engine import generation, tracing
 from explorank.engine.bundle import Bundle, load_bundle
 from explorank.engine.config import Config
 from explorank.engine.decider import Decider
@@ -39,6 +41,7 @@ from explorank.engine.feedback import EventLog, Feedback
 from explorank.engine.generation import Generation
 from explorank.engine.int8_check import PrecisionChoice
 from explorank.engine.live import LiveChanges
+from explorank.engine.logformat import note_event_id
 from explorank.engine.metrics import EngineMetrics
 from explorank.engine.requests import (
     RankedItemOutput,
@@ -47,6 +50,7 @@ from explorank.engine.requests import (
     RewardOutput,
     request_fingerprint,
     validate_rank,
+    validate_texts,
 )
 from explorank.errors import (
     AlreadyExistsError,
@@ -263,6 +267,7 @@ class Engine:
         try:
             explicit_event = bool(req.event_id)
             req = validate_rank(req, self.config.limits)
+            note_event_id(req.event_id)
             scorer_name = self.decider.scorer_name(req.scorer)
             policy_name = self.decider.policy_name(req.policy)
             fingerprint = request_fingerprint(req, scorer_name, policy_name)
@@ -294,6 +299,24 @@ class Engine:
             return self._output(gen, event, req)
         finally:
             self.metrics.stage.labels("total").observe(time.perf_counter() - t_start)
+            gen.release()
+            self._leave()
+
+    async def encode(
+        self, texts: list[str], *, deadline: float | None = None, field: str = "texts"
+    ) -> tuple[np.ndarray, str]:
+        """The encoder alone: the embeddings of ``texts`` (``(n, dim)`` float32, L2-normalised)
+        through the same tokenizer thread and dynamic batcher as Rank — admission, deadlines,
+        fairness — with no cache and nothing logged. Returns them with the model version.
+        ``field`` names the texts in error messages."""
+        self._enter()
+        gen = self.gen
+        gen.acquire()
+        try:
+            validate_texts(texts, self.config.limits, field, gen.embedder.batcher.max_per_request)
+            vecs = await gen.embedder.encode_texts(texts, deadline)
+            return np.asarray(vecs, dtype=np.float32), gen.bundle.model_version
+        finally:
             gen.release()
             self._leave()
 
@@ -350,7 +373,8 @@ class Engine:
             top_k=req.top_k,
             request_hash=fingerprint,
         )
-        await self.events.log(event)
+        with tracing.stage("log"):
+            await self.events.log(event)
         self.metrics.stage.labels("log").observe(time.perf_counter() - t0)
         return event
 
@@ -391,6 +415,7 @@ class Engine:
 
     # --------------------------------------------------------------------- Reward
     async def reward(self, event_id: str, item_id: str, value: float) -> RewardOutput:
+        note_event_id(event_id)
         self._enter()
         try:
             return await self.feedback.reward(event_id, item_id, value)

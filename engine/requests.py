@@ -101,6 +101,23 @@ def _check_text(value: str, name: str, limits: LimitsConfig) -> None:
         )
 
 
+def validate_texts(texts: list[str], limits: LimitsConfig, field: str, most: int) -> None:
+    """Texts to encode as they are (the OIP ``encoder`` model): at least one, at most
+    ``most``, each within the text limits."""
+    if not texts:
+        raise InvalidArgumentError(field, "no texts to encode; send at least one")
+    if len(texts) > most:
+        raise InvalidArgumentError(
+            field,
+            f"has {len(texts)} texts; the limit is {most} per request (one request's share of "
+            "the encoder queue: batching.max_queue_size x batching.max_request_share)",
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidArgumentError(f"{field}[{i}]", "text is empty; send some text")
+        _check_text(text, f"{field}[{i}]", limits)
+
+
 def validate_rank(req: RankInput, limits: LimitsConfig) -> RankInput:
     """Check a Rank request against the limits; fill defaults. Raises InvalidArgumentError."""
     _check_id(req.event_id, "event_id", limits, required=False)

@@ -15,7 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from explorank.engine import tracing
 from explorank.engine.grpc_errors import OncePerKey, to_client
+from explorank.engine.logformat import call_context
+from explorank.engine.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from explorank.engine.oip import OipServicer, add_oip_service
 from explorank.engine.pipeline import Engine
 from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
@@ -26,6 +30,9 @@ from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 log = logging.getLogger("explorank.server")
 
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+#: A health service name that is SERVING for as long as the process serves at all (for
+#: liveness probes: a Redis outage makes the server NOT_SERVING, not dead).
+LIVENESS_SERVICE = "explorank.liveness"
 ADMIN_SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 T = TypeVar("T")
 
@@ -101,11 +108,27 @@ def add_service(servicer: Any, server: grpc.aio.Server, name: str = "Ranker") ->
 
 
 class _Servicer:
-    """What every explorank servicer shares: one error map, one way to log faults."""
+    """What every explorank servicer shares: one error map, one way to log faults, one span
+    and one set of log fields per call."""
 
-    def __init__(self, engine: Engine, log_once: OncePerKey | None = None) -> None:
+    #: The gRPC service the servicer implements (span names, the debug access log).
+    service = ""
+
+    def __init__(
+        self, engine: Engine, log_once: OncePerKey | None = None, service: str | None = None
+    ) -> None:
         self.engine = engine
         self._log_once = log_once or OncePerKey()
+        if service is not None:
+            self.service = service
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The call's deadline as a ``time.monotonic()`` time (``server.default_deadline_s``
+        for calls that carry none)."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self.engine.config.server.default_deadline_s
+        return time.monotonic() + remaining
 
     async def _call(
         self,
@@ -114,7 +137,23 @@ class _Servicer:
         request: Any,
         fn: Callable[[], Awaitable[T]],
     ) -> T:
+        with call_context():
+            if not tracing.enabled():
+                return await self._run(rpc, context, request, fn, None)
+            with tracing.rpc_span(self.service, rpc, context.invocation_metadata()) as span:
+                return await self._run(rpc, context, request, fn, span)
+
+    async def _run(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+        fn: Callable[[], Awaitable[T]],
+        span: Any,
+    ) -> T:
         code = grpc.StatusCode.OK
+        message = ""
+        t0 = time.perf_counter()
         try:
             if isinstance(request, Malformed):
                 self._log_once(
@@ -131,13 +170,24 @@ class _Servicer:
             raise
         except Exception as exc:
             out = to_client(exc)
-            code = out.code
+            code, message = out.code, out.message
             if code == grpc.StatusCode.INTERNAL:
                 self._report_internal(rpc, exc, out.error_id)
             await context.abort(code, out.message)
             raise  # abort raises; unreachable
         finally:
             self.engine.metrics.requests.labels(rpc, code.name).inc()
+            if span is not None:
+                tracing.finish(span, code, message)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s/%s %s in %.1f ms%s",
+                    self.service,
+                    rpc,
+                    code.name,
+                    (time.perf_counter() - t0) * 1000.0,
+                    f": {message}" if message else "",
+                )
 
     def _report_internal(self, rpc: str, exc: BaseException, error_id: str) -> None:
         """Log an INTERNAL once with its traceback (per plugin, or per exception type and
@@ -158,11 +208,7 @@ class _Servicer:
 class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
     """``explorank.v1.Ranker``: Rank, Reward, GetInfo."""
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        if remaining is None:
-            remaining = self.engine.config.server.default_deadline_s
-        return time.monotonic() + remaining
+    service = SERVICE_NAME
 
     async def Rank(
         self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -204,6 +250,8 @@ class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
 class AdminServicer(_Servicer, ranker_pb2_grpc.AdminServicer):
     """``explorank.v1.Admin``: hot reload and catalog changes (the ``admin`` token scope)."""
 
+    service = ADMIN_SERVICE_NAME
+
     async def Reload(
         self, request: ranker_pb2.ReloadRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.ReloadResponse:
@@ -230,6 +278,35 @@ class AdminServicer(_Servicer, ranker_pb2_grpc.AdminServicer):
             return ranker_pb2.CatalogChangeResponse(**out)
 
         return await self._call("RemoveItems", context, request, run)
+
+
+def reflection_pool() -> Any:
+    """One descriptor pool with every served service, for server reflection: explorank's own
+    and the standard ones live in protobuf's default pool, the Open Inference Protocol in
+    :mod:`explorank.oip`'s private pool (see there why)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    import explorank.oip as oip
+
+    pool = descriptor_pool.DescriptorPool()
+    for data in oip.FILES:
+        pool.AddSerializedFile(data)
+    seen: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dep in file.dependencies:
+            add(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.AddSerializedFile(proto.SerializeToString())
+
+    for file in (ranker_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        add(file)
+    return pool
 
 
 def manifest_signature(bundle_dir: Any) -> tuple[str, int, int] | None:
@@ -270,14 +347,18 @@ class Server:
         add_service(RankerServicer(engine, log_once), self.grpc_server, "Ranker")
         add_service(AdminServicer(engine, log_once), self.grpc_server, "Admin")
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+        if sc.oip:
+            shared = _Servicer(engine, log_once, OIP_SERVICE_NAME)
+            add_oip_service(
+                OipServicer(engine, self.ready, shared._call, shared._deadline),
+                self.grpc_server,
+                _safe,
+            )
+            services.append(OIP_SERVICE_NAME)
+        services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                ADMIN_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.grpc_server,
+            (*services, reflection.SERVICE_NAME), self.grpc_server, pool=reflection_pool()
         )
         self.port = 0
         self._metrics_server: Any = None
@@ -287,6 +368,10 @@ class Server:
         self._health_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
+    def ready(self) -> bool:
+        """What health reports: SERVING (Rank can be served now, not shutting down)."""
+        return self._serving is True and not self._stopping
+
     async def _set_health(self, status: Any) -> None:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
@@ -295,6 +380,7 @@ class Server:
         sc = self.engine.config.server
         self.port = self._add_port(sc.host, sc.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc_server.start()
         log.info(
             "gRPC listening on %s:%d (%s; warming up)", sc.host, self.port, self.security.describe()
@@ -427,6 +513,8 @@ class Server:
             shutdown = getattr(server, "shutdown", None)
             if shutdown:
                 shutdown()
+        if tracing.enabled():
+            tracing.flush()
         self._stopped.set()
         log.info("stopped")
 

@@ -16,6 +16,7 @@ import pytest
 
 from explorank.engine.auth import (
     METHOD_SCOPES,
+    OPEN_METHODS,
     OPEN_SERVICES,
     SCOPES,
     TOKENS_ENV,
@@ -126,14 +127,25 @@ def test_token_file_errors_name_the_setting(
 # --- the method-scope table ------------------------------------------------------------------
 
 
-def test_every_explorank_method_is_in_the_scope_table() -> None:
-    """A new RPC must be given a scope (else every token is refused it)."""
+def test_every_served_method_is_in_the_scope_table_or_open() -> None:
+    """A new RPC must be given a scope (else every token is refused it): every method of
+    every service the server registers — explorank.v1's and the Open Inference Protocol's —
+    needs a scope or is one of the open health-like calls; the OIP methods explorank does
+    not serve are in neither (they answer UNIMPLEMENTED)."""
+    import explorank.oip as oip
+    from explorank.engine.oip import SERVED_METHODS
+
     methods = {
         f"/{service.full_name}/{method.name}"
         for service in ranker_pb2.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
-    assert methods == set(METHOD_SCOPES)
+    served_oip = {
+        f"/{oip.SERVICE_NAME}/{m.name}" for m in oip.SERVICE.methods if m.name in SERVED_METHODS
+    }
+    assert len(served_oip) == len(SERVED_METHODS)  # every served name exists upstream
+    assert methods | served_oip == set(METHOD_SCOPES) | OPEN_METHODS
+    assert not set(METHOD_SCOPES) & OPEN_METHODS
     assert set(METHOD_SCOPES.values()) <= set(SCOPES)
     assert METHOD_SCOPES["/explorank.v1.Ranker/Reward"] == "reward"
     assert METHOD_SCOPES["/explorank.v1.Ranker/Rank"] == "rank"
@@ -142,6 +154,15 @@ def test_every_explorank_method_is_in_the_scope_table() -> None:
     assert admin == {f"/explorank.v1.Admin/{n}" for n in ("Reload", "AddItems", "RemoveItems")}
     assert {METHOD_SCOPES[m] for m in admin} == {"admin"}
     assert not any(s.startswith("explorank.") for s in OPEN_SERVICES)
+    # inference and model description need "rank"; only liveness and readiness are open
+    assert {METHOD_SCOPES[m] for m in served_oip - OPEN_METHODS} == {"rank"}
+    assert {m.rsplit("/", 1)[1] for m in OPEN_METHODS} == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+    }
+    unserved = {f"/{oip.SERVICE_NAME}/{m.name}" for m in oip.SERVICE.methods} - served_oip
+    assert unserved and not unserved & (set(METHOD_SCOPES) | OPEN_METHODS)
 
 
 def test_authorize_decisions() -> None:
@@ -176,6 +197,8 @@ def test_authorize_decisions() -> None:
     assert auth.is_open("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
     assert not auth.is_open("/explorank.v1.Ranker/Rank")
     assert not auth.is_open("/grpc.health.v1.HealthX/Check")
+    assert auth.is_open("/inference.GRPCInferenceService/ServerReady")
+    assert not auth.is_open("/inference.GRPCInferenceService/ModelInfer")
 
 
 # --- the interceptor on a small server: admin, unlisted, streaming ---------------------------

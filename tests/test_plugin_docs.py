@@ -86,7 +86,7 @@ def _members(obj: object) -> set[str]:
         return set()
     names: set[str] = set()
     if dataclasses.is_dataclass(obj):
-        names |= {f.name for f in dataclasses.fields(obj)}
+        names |= {f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")}
     for klass in obj.__mro__:
         if klass.__module__.startswith("explorank"):
             names |= {n for n in vars(klass) if not n.startswith("_")}

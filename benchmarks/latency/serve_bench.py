@@ -73,6 +73,11 @@ TARGETS = ("explorank", "explorank-nobatch", "torch-peer", "explorank-history")
 DEFAULT_TARGETS = TARGETS[:3]
 HISTORY_TARGET = "explorank-history"
 SCENARIOS = ("sweep", "overload", "soak", "greedy")
+#: Which API the load uses: explorank's Ranker, or the Open Inference Protocol (KServe v2),
+#: whose model "rank" is the same Rank and whose model "encoder" is the encoder alone (the
+#: load a Triton deployment of the encoder would see).
+APIS = ("ranker", "oip")
+OIP_MODELS = ("rank", "encoder")
 DEFAULT_BUCKETS = (16, 32, 64, 128)
 SCENARIO_RUNNERS = {"overload": run_overload, "soak": run_soak, "greedy": run_greedy}
 
@@ -124,6 +129,8 @@ class ServeBenchConfig:
     greedy_texts: int = 255
     greedy_small_clients: int = 4
     server_args: list[str] = field(default_factory=list)  # more `explorank serve` arguments
+    api: str = "ranker"  # the sweep's API: ranker or oip (overload and soak use the Ranker API)
+    oip_model: str = "rank"  # with api oip: rank or encoder
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> ServeBenchConfig:
@@ -166,6 +173,14 @@ class ServeBenchConfig:
         if not 0.0 <= self.reward_fraction <= 1.0:
             raise InvalidArgumentError(
                 "--reward-fraction", f"must be in [0, 1], got {self.reward_fraction}"
+            )
+        if self.api not in APIS:
+            raise InvalidArgumentError(
+                "--api", f"unknown {self.api!r}; choose from {','.join(APIS)}"
+            )
+        if self.oip_model not in OIP_MODELS:
+            raise InvalidArgumentError(
+                "--oip-model", f"unknown {self.oip_model!r}; choose from {','.join(OIP_MODELS)}"
             )
         if self.address is not None:
             check_loopback(self.address)
@@ -239,23 +254,35 @@ async def _measure_target(
 ) -> list[dict[str, Any]]:
     import grpc
 
+    import explorank.oip as oip
     from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
     rows: list[dict[str, Any]] = []
     reward_rng = random.Random(cfg.seed)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = ranker_pb2_grpc.RankerStub(channel)
+        infer = oip.stub(channel).ModelInfer
+        convert: Callable[[Any], Any] = (
+            (lambda req: oip_request(req, cfg.oip_model)) if cfg.api == "oip" else (lambda r: r)
+        )
 
         def send(req: Any) -> Any:
+            if cfg.api == "oip":
+                return infer(req, timeout=cfg.timeout_s)
             return stub.Rank(req, timeout=cfg.timeout_s)
 
         async def reward(req: Any, resp: Any) -> bool:
-            if not resp.items or reward_rng.random() >= cfg.reward_fraction:
+            if cfg.api == "oip":
+                if cfg.oip_model != "rank":
+                    return False
+                out = oip_outputs(resp)
+                event_id, items = out["EVENT_ID"][0], out["ITEM_IDS"]
+            else:
+                event_id, items = resp.event_id, [i.item_id for i in resp.items]
+            if not items or reward_rng.random() >= cfg.reward_fraction:
                 return False
             await stub.Reward(
-                ranker_pb2.RewardRequest(
-                    event_id=resp.event_id, item_id=resp.items[0].item_id, value=1.0
-                ),
+                ranker_pb2.RewardRequest(event_id=event_id, item_id=items[0], value=1.0),
                 timeout=cfg.timeout_s,
             )
             return True
@@ -264,7 +291,7 @@ async def _measure_target(
         warm_c = min(max(cfg.concurrency), 16)
         as_history = name == HISTORY_TARGET
         warm = await closed_loop(
-            lambda i: factory.make("warm", i, history=as_history),
+            lambda i: convert(factory.make("warm", i, history=as_history)),
             send,
             concurrency=warm_c,
             duration_s=cfg.warmup_s,
@@ -281,7 +308,7 @@ async def _measure_target(
             tag = f"{kind}{value:g}"
 
             def make(i: int) -> Any:
-                return factory.make(tag, i, history=as_history)
+                return convert(factory.make(tag, i, history=as_history))
 
             res: LoadResult
             if kind == "c":
@@ -328,6 +355,51 @@ async def _measure_target(
         for r in rates_for(rows):
             await point("r", r)
     return rows
+
+
+def oip_request(req: Any, model: str) -> Any:
+    """The Open Inference Protocol request for a Ranker ``RankRequest``: model ``rank`` (the
+    same Rank) or ``encoder`` (its context text alone)."""
+    import struct
+
+    import explorank.oip as oip
+
+    def strings(out: Any, name: str, values: list[str]) -> None:
+        out.inputs.add(name=name, datatype="BYTES", shape=[len(values)])
+        out.raw_input_contents.append(
+            b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
+        )
+
+    out = oip.ModelInferRequest(model_name=model)
+    if model == "encoder":
+        strings(out, "TEXT", [req.context_text])
+        return out
+    strings(out, "CONTEXT_TEXT", [req.context_text])
+    if req.user_id:
+        strings(out, "USER_ID", [req.user_id])
+    if req.candidates:
+        strings(out, "CANDIDATE_IDS", [c.item_id for c in req.candidates])
+    if req.top_k:
+        out.inputs.add(name="TOP_K", datatype="INT32", shape=[1])
+        out.raw_input_contents.append(np.array([req.top_k], dtype="<i4").tobytes())
+    return out
+
+
+def oip_outputs(resp: Any) -> dict[str, list[str]]:
+    """The BYTES outputs of a ModelInferResponse (raw contents), decoded."""
+    import struct
+
+    out: dict[str, list[str]] = {}
+    for tensor, raw in zip(resp.outputs, resp.raw_output_contents, strict=False):
+        if tensor.datatype != "BYTES":
+            continue
+        values, pos = [], 0
+        while pos < len(raw):
+            (n,) = struct.unpack_from("<I", raw, pos)
+            values.append(raw[pos + 4 : pos + 4 + n].decode())
+            pos += 4 + n
+        out[tensor.name] = values
+    return out
 
 
 def run_serve_bench(
@@ -410,6 +482,15 @@ def run_serve_bench(
                 )
                 continue
             port_file = work / f"{name}.port"
+            if name in ("torch-peer", HISTORY_TARGET) and config.api != "ranker":
+                reason = (
+                    "the torch peer speaks only the Ranker API (use --api ranker)"
+                    if name == "torch-peer"
+                    else "the OIP rank model has no history input (use --api ranker)"
+                )
+                skipped.append({"target": name, "reason": reason})
+                progress(f"skipping {name}: {reason}")
+                continue
             if name == "torch-peer":
                 missing = [
                     m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rank": ("explorank.cli.rank", "call Rank on a running server"),
     "reward": ("explorank.cli.reward", "call Reward on a running server"),
     "info": ("explorank.cli.info", "call GetInfo on a running server"),
+    "health": ("explorank.cli.health", "health status of a running server (exit 0 = SERVING)"),
     "reload": ("explorank.cli.reload", "hot-reload a bundle on a running server (admin)"),
     "catalog": (
         "explorank.cli.catalog",

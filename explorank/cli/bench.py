@@ -51,6 +51,8 @@ _SERVE_FLAGS = (
     "capacity",
     "soak_s",
     "greedy_texts",
+    "api",
+    "oip_model",
     "out",
     "quick",
 )
@@ -217,6 +219,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "server's RSS (default 600 when --scenario names soak; quick 10)",
     )
     srv.add_argument(
+        "--api",
+        choices=["ranker", "oip"],
+        help="the sweep's API: explorank.v1.Ranker/Rank (default) or the Open Inference "
+        "Protocol (KServe v2 ModelInfer), e.g. to compare with a Triton server via --address",
+    )
+    srv.add_argument(
+        "--oip-model",
+        choices=["rank", "encoder"],
+        help="with --api oip: model rank (the same Rank; default) or encoder (the context "
+        "text through the encoder alone)",
+    )
+    srv.add_argument(
         "--out", type=Path, default=Path("explorank-bench/serve"), help="report directory"
     )
     srv.add_argument(
@@ -308,6 +322,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         capacity_rps=args.capacity,
         soak_s=args.soak_s,
         greedy_texts=args.greedy_texts,
+        api=args.api,
+        oip_model=args.oip_model,
     )
     if args.quick:
         config = ServeBenchConfig.quick_defaults(**given)

@@ -82,6 +82,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default 1; server.workers)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once SERVING")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (default) or json: one JSON object per line (server.log_format)",
+    )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans per call, exported as the OTEL_* variables say "
+        "(needs the otel extra; tracing.enabled)",
+    )
     g = p.add_argument_group("TLS and authentication (docs/operations.md, Security)")
     g.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: serve TLS")
     g.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -110,6 +121,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("server", "metrics_port", args.metrics_port)
     put("server", "grace_s", args.grace)
     put("server", "workers", getattr(args, "workers", None))
+    put("server", "log_format", getattr(args, "log_format", None))
+    if getattr(args, "tracing", False):
+        put("tracing", "enabled", True)
     for key, value in (
         ("cert", args.tls_cert),
         ("key", args.tls_key),
@@ -172,6 +186,7 @@ def onnxruntime_conflict(installed: Sequence[str] | None = None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explorank.engine import logformat, tracing
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
@@ -183,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
     worker = worker_identity()
     if worker is not None:
         pin_worker_cpus()
+    if args.log_format:
+        logformat.configure(args.log_format)
     config = load_config(args.config, overrides=overrides_from_args(args))
+    logformat.configure(config.server.log_format)
     # Before the (slow) bundle load: a taken port is a one-line error at once.
     sc = config.server
     if sc.port and sc.port == sc.metrics_port:
@@ -196,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
         check_port(sc.metrics_host, sc.metrics_port, METRICS_PORT_SETTING)
     # Certificates, keys and tokens are checked before the bundle too.
     security = ServerSecurity.from_config(sc)
+    tc = config.tracing
+    tracing.configure(tc.enabled, tc.exporter, tc.service_name)
+    if tc.enabled:
+        log.info("tracing: OpenTelemetry spans to the %s exporter", tc.exporter)
     if config.model.bundle is None:
         config.model.bundle = ensure_default_bundle(config.model.cache_dir)
     if worker is None and sc.workers > 1:
@@ -220,10 +242,14 @@ def run(args: argparse.Namespace) -> int:
             raise
         if args.port_file:
             args.port_file.write_text(str(port))
-        print(f"explorank serving on {config.server.host}:{port}", flush=True)
+        if config.server.log_format == "text":  # in JSON mode the SERVING log line says it
+            print(f"explorank serving on {config.server.host}:{port}", flush=True)
         await server.wait()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.disable()  # flushes the spans still buffered
     return 0
 
 

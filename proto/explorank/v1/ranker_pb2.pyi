@@ -82,7 +82,7 @@ class RankRequest(_message.Message):
     scorer: str
     policy: str
     include_text: bool
-    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., context_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_k: _Optional[int] = ..., scorer: _Optional[str] = ..., policy: _Optional[str] = ..., include_text: _Optional[bool] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., context_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., top_k: _Optional[int] = ..., scorer: _Optional[str] = ..., policy: _Optional[str] = ..., include_text: bool = ...) -> None: ...
 
 class RankedItem(_message.Message):
     __slots__ = ("item_id", "score", "propensity", "explored", "text")
@@ -96,7 +96,7 @@ class RankedItem(_message.Message):
     propensity: float
     explored: bool
     text: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., explored: bool = ..., text: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("event_id", "items", "model_version", "scorer", "policy")
@@ -128,7 +128,7 @@ class RewardResponse(_message.Message):
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     duplicate: bool
-    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    def __init__(self, accepted: bool = ..., duplicate: bool = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -214,4 +214,4 @@ class Int8Gate(_message.Message):
     texts: int
     cpu_int8_kernels: str
     int8_config: str
-    def __init__(self, passed: _Optional[bool] = ..., min_cosine: _Optional[float] = ..., top10_overlap: _Optional[float] = ..., min_cosine_required: _Optional[float] = ..., top10_overlap_required: _Optional[float] = ..., texts: _Optional[int] = ..., cpu_int8_kernels: _Optional[str] = ..., int8_config: _Optional[str] = ...) -> None: ...
+    def __init__(self, passed: bool = ..., min_cosine: _Optional[float] = ..., top10_overlap: _Optional[float] = ..., min_cosine_required: _Optional[float] = ..., top10_overlap_required: _Optional[float] = ..., texts: _Optional[int] = ..., cpu_int8_kernels: _Optional[str] = ..., int8_config: _Optional[str] = ...) -> None: ...

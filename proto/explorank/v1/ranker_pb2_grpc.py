@@ -5,7 +5,7 @@ import warnings
 
 from explorank.v1 import ranker_pb2 as explorank_dot_v1_dot_ranker__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in explorank/v1/ranker_pb2_grpc.py depends on'
+        + f' but the generated code in explorank/v1/ranker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RankerStub:
+class RankerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -51,7 +51,7 @@ class RankerStub:
                 _registered_method=True)
 
 
-class RankerServicer:
+class RankerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Rank(self, request, context):
@@ -109,7 +109,7 @@ def add_RankerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Ranker:
+class Ranker(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -194,7 +194,7 @@ class Ranker:
             _registered_method=True)
 
 
-class AdminStub:
+class AdminStub(object):
     """Operations on a running server. Every method needs the "admin" token scope when
     tokens are on.
     """
@@ -222,7 +222,7 @@ class AdminStub:
                 _registered_method=True)
 
 
-class AdminServicer:
+class AdminServicer(object):
     """Operations on a running server. Every method needs the "admin" token scope when
     tokens are on.
     """
@@ -279,7 +279,7 @@ def add_AdminServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Admin:
+class Admin(object):
     """Operations on a running server. Every method needs the "admin" token scope when
     tokens are on.
     """
