@@ -62,6 +62,9 @@ from explorank.plugins.manager import PluginManager
 
 log = logging.getLogger("explorank.engine")
 
+#: How long :meth:`Engine.stop` waits for the state store to flush and close.
+STORE_CLOSE_TIMEOUT_S = 30.0
+
 
 async def supervise(
     name: str,
@@ -219,7 +222,14 @@ class Engine:
                 await task
         await self.gen.close(0.0)
         self.decider.close()
-        await self.store.close()
+        try:  # a store whose close never returns must not keep the process from stopping
+            await asyncio.wait_for(self.store.close(), timeout=STORE_CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.error(
+                "the %s state store did not close within %.0f s; stopping anyway",
+                self.store.name,
+                STORE_CLOSE_TIMEOUT_S,
+            )
 
     async def check_health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
         """Can Rank be served right now? ``(ok, why not)``: the engine is ready and

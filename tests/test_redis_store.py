@@ -378,3 +378,21 @@ def test_lost_answer_then_retry_applies_once(redis_url: str, prefix: str) -> Non
         np.testing.assert_array_equal(ucb.items["item-1"], [1.0, 1.0])
 
     run(body())
+
+
+def test_close_is_bounded_when_the_flush_never_returns(redis_url: str, prefix: str) -> None:
+    async def body() -> tuple[float, bool]:
+        store = RedisStore(url=redis_url, key_prefix=prefix, socket_timeout_s=0.2)
+        await store.open()
+
+        async def stuck() -> None:
+            await asyncio.Event().wait()  # a flush stuck inside the client
+
+        store.flush = stuck  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        await store.close()
+        return time.monotonic() - t0, store._client is None
+
+    took, closed = run(body())
+    # bounded by a few socket timeouts (2 x (0.2 + 1) s for the flush), and closed anyway
+    assert closed and 2.0 < took < 6.0, took

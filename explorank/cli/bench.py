@@ -106,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     enc.add_argument(
         "--provider",
         choices=["cpu", "cuda"],
-        help="without --backends: cpu = pytorch,ort-fp32,ort-int8; cuda = the GPU backends "
+        help="without --backends: cpu = pytorch,ort-fp32,ort-int8,ort-int8:*; cuda = the GPU backends "
         "(PyTorch eager on the GPU, the CUDA EP fp32/fp16 with and without CUDA graphs, "
         "TensorRT where installed)",
     )

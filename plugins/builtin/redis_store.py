@@ -31,7 +31,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,25 +186,34 @@ class RedisStore(StateStore):
         self._timer = asyncio.create_task(self._flush_loop(), name="explorank-redis-flush")
 
     async def close(self) -> None:
+        """Flush and disconnect. Every step is bounded (a few socket timeouts in all): a
+        background task stuck inside the Redis client must not keep a server from stopping."""
         if self._client is None:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await self._timer
+        bound = self.socket_timeout_s + 1.0
+        await _cancel_within(self._timer, bound, "array flush loop")
         try:
-            await self.flush()
-            async with self.guard("close"):
-                if not await self._client.exists(self.pending_key(self.replica_id)):
-                    await self._client.delete(self.key("replica", self.replica_id))
-                    await self._client.srem(self.key("replicas"), self.replica_id)
-        except StateUnavailableError as exc:
+            await asyncio.wait_for(self._flush_then_deregister(), 2 * bound)
+        except (StateUnavailableError, asyncio.TimeoutError) as exc:
             log.error(
-                "redis store closed with %d unflushed array rewards: %s", len(self._buffer), exc
+                "redis store closed with %d unflushed array rewards: %s",
+                len(self._buffer),
+                exc or "flush timed out",
             )
         finally:
-            await self._client.aclose(close_connection_pool=True)
-            self._client = None
+            await _cancel_within(self._flush_task, bound, "array flush")
+            client, self._client = self._client, None
+            try:
+                await asyncio.wait_for(client.aclose(close_connection_pool=True), bound)
+            except (asyncio.TimeoutError, OSError) as exc:
+                log.warning("redis connections not closed cleanly: %s", exc or "timed out")
+
+    async def _flush_then_deregister(self) -> None:
+        await self.flush()
+        async with self.guard("close"):
+            if not await self._client.exists(self.pending_key(self.replica_id)):
+                await self._client.delete(self.key("replica", self.replica_id))
+                await self._client.srem(self.key("replicas"), self.replica_id)
 
     async def healthy(self) -> bool:
         try:
@@ -451,3 +460,13 @@ class RedisStore(StateStore):
 @hookimpl
 def register_state_stores(register: Callable[[type], None]) -> None:
     register(RedisStore)
+
+
+async def _cancel_within(task: asyncio.Task[None] | None, seconds: float, what: str) -> None:
+    """Cancel ``task`` and wait for it to end, at most ``seconds``."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        log.warning("redis store: the %s task did not stop within %.1f s", what, seconds)
