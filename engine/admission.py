@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from explorank.errors import ResourceExhaustedError
 
-__all__ = ["Admission", "ServiceTime"]
+__all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime"]
+
+#: A request is admitted only if its encoding is predicted to end within this share of the
+#: time left to its deadline (the prediction is a mean, and the Rank goes on after it).
+DEADLINE_SHARE = 0.8
 
 
 class ServiceTime:
@@ -95,11 +99,14 @@ class Admission:
             )
         if deadline is not None:
             finish = now + wait + self.service.predict(own_tokens, own_batches)
-            if finish > deadline:
+            # the encoder must be done within DEADLINE_SHARE of the time left: the rest is
+            # for what follows it (scoring, the policy, logging the event, the response)
+            if finish > now + DEADLINE_SHARE * (deadline - now):
                 self.rejected += 1
                 raise ResourceExhaustedError(
-                    f"overloaded: the request would finish {finish - deadline:.3f} s after its "
-                    f"deadline (predicted encoder wait {wait * 1000:.0f} ms); retry with backoff "
-                    "or a longer deadline"
+                    f"overloaded: the request's encoding would end {finish - now:.3f} s from "
+                    f"now (predicted encoder wait {wait * 1000:.0f} ms), too close to its "
+                    f"deadline {deadline - now:.3f} s away; retry with backoff or a longer "
+                    "deadline"
                 )
         return wait

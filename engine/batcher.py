@@ -389,6 +389,29 @@ class DynamicBatcher:
             raise
         return np.stack(rows)
 
+    def precheck(self, deadline: float | None) -> None:
+        """Refuse now, before any work on the request (tokenizing it), when the queue alone
+        already rules it out: the batcher is not running, or the wait for what is queued
+        exceeds ``max_queue_wait_ms`` or the deadline. Under overload a refusal then costs
+        almost nothing, so the capacity goes to the requests that are admitted."""
+        if self._state != "running":
+            raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
+        if self._pending_tokens + self._executing_tokens == 0:
+            return
+        try:
+            self.admission.check(
+                ahead_tokens=self._pending_tokens + self._executing_tokens,
+                ahead_batches=self._executing + -(-self._pending // self.max_batch_size),
+                own_tokens=0,
+                own_batches=0,
+                now=time.monotonic(),
+                deadline=deadline,
+            )
+        except ResourceExhaustedError:
+            self.stats.rejected_overflow += 1
+            self._observe_dropped("overflow", 1)
+            raise
+
     def _admit(self, arrays: list[np.ndarray], deadline: float | None) -> list[_Request]:
         if self._state != "running":
             raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")

@@ -177,6 +177,7 @@ class Embedder:
     # ----------------------------------------------------------------- embeddings
     async def encode_texts(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         """Encode texts through the dynamic batcher (no caching)."""
+        self.batcher.precheck(deadline)
         ids = await self.tokenize(texts)
         return await self.batcher.submit_many(ids, deadline=deadline)  # type: ignore[no-any-return]
 
@@ -202,6 +203,7 @@ class Embedder:
             self.metrics.cache.labels("user", "hit").inc()
             return hit
         self.metrics.cache.labels("user", "miss").inc()
+        self.batcher.precheck(deadline)
         (ids,) = await self.tokenize([text])
         emb: np.ndarray = await self.batcher.submit(ids, deadline=deadline)
         self.user_cache.put(key, emb)

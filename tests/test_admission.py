@@ -12,7 +12,7 @@ from test_batcher import FakeEncoder, run, wait_until
 
 from explorank.engine.admission import Admission, ServiceTime
 from explorank.engine.batcher import DynamicBatcher
-from explorank.errors import ResourceExhaustedError
+from explorank.errors import ResourceExhaustedError, UnavailableError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,9 +45,13 @@ def test_admission_rule() -> None:
     )
     with pytest.raises(ResourceExhaustedError, match="batching.max_queue_wait_ms"):
         adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)  # 320 ms > 250
-    with pytest.raises(ResourceExhaustedError, match="after its deadline"):
+    with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
         adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.1)
-    assert adm.rejected == 2
+    # the encoding (160 + 2 ms) must end within DEADLINE_SHARE (0.8) of the time left
+    with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
+        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.19)  # 152 ms
+    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.21) > 0
+    assert adm.rejected == 3
 
 
 def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
@@ -84,6 +88,43 @@ def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
         assert b.pending == 0 and b._pending_tokens == 0 and b._executing_tokens == 0
         await b.submit(np.arange(1, 9))  # idle again: admitted
         await b.stop()
+
+    run(main)
+
+
+def test_precheck_refuses_before_any_work_when_the_queue_rules_a_request_out() -> None:
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc,
+            max_batch_size=4,
+            max_queue_delay_ms=0,
+            max_queue_size=10_000,
+            max_queue_wait_ms=50,
+            length_buckets=(16,),
+        )
+        await b.start()
+        b.precheck(None)  # idle: nothing ahead, admitted
+        b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(6)]
+        await asyncio.sleep(0)
+        b.precheck(None)  # 7 x 4 ms ahead: under 50 ms
+        now = time.monotonic()
+        with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
+            b.precheck(now + 0.02)  # 28 ms of queue against 20 ms left
+        before = b.stats.rejected_overflow
+        b.admission.max_wait_s = 0.02  # what is queued alone (28 ms) is over the limit
+        with pytest.raises(ResourceExhaustedError, match="max_queue_wait_ms"):
+            b.precheck(None)
+        assert b.stats.rejected_overflow == before + 1
+        enc.gate.set()
+        await asyncio.gather(busy, *queued)
+        await b.stop()
+        with pytest.raises(UnavailableError):
+            b.precheck(None)
 
     run(main)
 
