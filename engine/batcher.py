@@ -389,6 +389,15 @@ class DynamicBatcher:
             raise
         return np.stack(rows)
 
+    def _ahead(self) -> tuple[int, int]:
+        """(padded tokens, batches) a request arriving now waits for: what is queued and
+        being computed — not the parts of large requests still in their backlogs, which are
+        queued behind whatever arrives meanwhile (see "Fairness" above)."""
+        waiting = [r for owner in self._backlogs for r in owner.waiting]
+        tokens = self._pending_tokens - sum(r.bucket for r in waiting) + self._executing_tokens
+        queued = self._pending - len(waiting)
+        return tokens, self._executing + -(-queued // self.max_batch_size)
+
     def precheck(self, deadline: float | None) -> None:
         """Refuse now, before any work on the request (tokenizing it), when the queue alone
         already rules it out: the batcher is not running, or the wait for what is queued
@@ -396,12 +405,13 @@ class DynamicBatcher:
         almost nothing, so the capacity goes to the requests that are admitted."""
         if self._state != "running":
             raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
-        if self._pending_tokens + self._executing_tokens == 0:
+        ahead_tokens, ahead_batches = self._ahead()
+        if ahead_tokens == 0:
             return
         try:
             self.admission.check(
-                ahead_tokens=self._pending_tokens + self._executing_tokens,
-                ahead_batches=self._executing + -(-self._pending // self.max_batch_size),
+                ahead_tokens=ahead_tokens,
+                ahead_batches=ahead_batches,
                 own_tokens=0,
                 own_batches=0,
                 now=time.monotonic(),
@@ -438,10 +448,11 @@ class DynamicBatcher:
             self._observe_dropped("deadline", n)
             raise DeadlineExceededError("the request's deadline passed before encoding could start")
         buckets = [self.bucket_for(arr.shape[0]) for arr in arrays]
+        ahead_tokens, ahead_batches = self._ahead()
         try:
             self.admission.check(
-                ahead_tokens=self._pending_tokens + self._executing_tokens,
-                ahead_batches=self._executing + -(-self._pending // self.max_batch_size),
+                ahead_tokens=ahead_tokens,
+                ahead_batches=ahead_batches,
                 own_tokens=sum(buckets),
                 own_batches=-(-n // self.max_batch_size),
                 now=now,

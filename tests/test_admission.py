@@ -129,6 +129,41 @@ def test_precheck_refuses_before_any_work_when_the_queue_rules_a_request_out() -
     run(main)
 
 
+def test_a_large_requests_backlog_does_not_count_as_ahead_of_a_new_request() -> None:
+    """32 sequences enter the queue 4 at a time; a request arriving now waits for the 4
+    queued (and the batch being computed), not for all 32: it is admitted under a limit
+    that the whole large request would exceed."""
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc,
+            max_batch_size=4,
+            max_queue_delay_ms=0,
+            max_queue_size=10_000,
+            max_queue_wait_ms=40,
+            length_buckets=(16,),
+        )
+        await b.start()
+        b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        big = asyncio.ensure_future(b.submit_many([np.arange(1, 9) for _ in range(32)]))
+        await asyncio.sleep(0)
+        assert b.pending == 32
+        tokens, batches = b._ahead()
+        # the batch computing (8 padded tokens) + the 4 queued (16 each); not 8 + 32 x 16
+        assert tokens == 8 + 4 * 16 and batches == 2
+        b.precheck(None)  # 20 ms ahead, not 132 ms
+        small = asyncio.ensure_future(b.submit(np.arange(1, 5)))
+        enc.gate.set()
+        await asyncio.gather(busy, big, small)
+        assert b._ahead() == (0, 0)
+        await b.stop()
+
+    run(main)
+
+
 def test_large_request_does_not_hold_back_later_small_ones() -> None:
     """A request of 8 batches enters the queue one batch at a time: a small request that
     arrives after it is computed after at most two of its batches, not after all eight."""
