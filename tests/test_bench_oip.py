@@ -49,6 +49,13 @@ def test_oip_request_carries_the_rank_request(tiny_bundle: Path) -> None:
     resp.outputs.add(name="EVENT_ID", datatype="BYTES", shape=[1])
     resp.raw_output_contents.append(b"\x03\x00\x00\x00abc")
     assert oip_outputs(resp) == {"EVENT_ID": ["abc"]}
+    # explorank-history's users (history ids instead of text) reach the rank model too
+    hist = _factory(tiny_bundle).make("t", 4, history=True)
+    assert hist.history_item_ids
+    names = [t.name for t in oip_request(hist, "rank").inputs]
+    assert "HISTORY_ITEM_IDS" in names
+    i = names.index("HISTORY_ITEM_IDS")
+    assert list(oip_request(hist, "rank").inputs[i].shape) == [len(hist.history_item_ids)]
 
 
 @pytest.mark.parametrize("model", ["rank", "encoder"])

@@ -377,6 +377,8 @@ def oip_request(req: Any, model: str) -> Any:
     strings(out, "CONTEXT_TEXT", [req.context_text])
     if req.user_id:
         strings(out, "USER_ID", [req.user_id])
+    if req.history_item_ids:
+        strings(out, "HISTORY_ITEM_IDS", list(req.history_item_ids))
     if req.candidates:
         strings(out, "CANDIDATE_IDS", [c.item_id for c in req.candidates])
     if req.top_k:
@@ -482,12 +484,8 @@ def run_serve_bench(
                 )
                 continue
             port_file = work / f"{name}.port"
-            if name in ("torch-peer", HISTORY_TARGET) and config.api != "ranker":
-                reason = (
-                    "the torch peer speaks only the Ranker API (use --api ranker)"
-                    if name == "torch-peer"
-                    else "the OIP rank model has no history input (use --api ranker)"
-                )
+            if name == "torch-peer" and config.api != "ranker":
+                reason = "the torch peer speaks only the Ranker API (use --api ranker)"
                 skipped.append({"target": name, "reason": reason})
                 progress(f"skipping {name}: {reason}")
                 continue
