@@ -195,7 +195,7 @@ class BatchingConfig(_Section):
     #: Admission by time: a request whose predicted wait for the encoder (queued tokens x
     #: measured cost per token) exceeds this, or that would miss its own deadline, is refused
     #: at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
-    max_queue_wait_ms: float | None = Field(1000.0, gt=0)
+    max_queue_wait_ms: float | None = Field(500.0, gt=0)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)
