@@ -21,7 +21,6 @@ call it directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +54,7 @@ from explorank.engine.requests import (
 from explorank.errors import (
     AlreadyExistsError,
     ConfigError,
+    InvalidArgumentError,
     UnavailableError,
 )
 from explorank.plugins.api import EventRecord, StateStore
@@ -64,6 +64,8 @@ log = logging.getLogger("explorank.engine")
 
 #: How long :meth:`Engine.stop` waits for the state store to flush and close.
 STORE_CLOSE_TIMEOUT_S = 30.0
+#: How long :meth:`Engine.stop` waits for its cancelled background tasks to end.
+TASK_STOP_TIMEOUT_S = 5.0
 
 
 async def supervise(
@@ -217,10 +219,23 @@ class Engine:
             log.warning("%d calls still in flight after %.1f s grace", self._inflight, grace_s)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.gen.close(0.0)
+        if self._tasks:  # bounded: a task stuck inside a client library must not block stop
+            done, stuck = await asyncio.wait(self._tasks, timeout=TASK_STOP_TIMEOUT_S)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: supervise() logged it already
+            for task in stuck:
+                log.error(
+                    "background task %s did not stop within %.0f s; leaving it",
+                    task.get_name(),
+                    TASK_STOP_TIMEOUT_S,
+                )
+        try:
+            await asyncio.wait_for(self.gen.close(0.0), timeout=STORE_CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.error(
+                "the encoder did not stop within %.0f s; stopping anyway", STORE_CLOSE_TIMEOUT_S
+            )
         self.decider.close()
         try:  # a store whose close never returns must not keep the process from stopping
             await asyncio.wait_for(self.store.close(), timeout=STORE_CLOSE_TIMEOUT_S)
@@ -303,6 +318,14 @@ class Engine:
                 event = await self._decide_and_log(
                     gen, req, scorer_name, policy_name, fingerprint, deadline
                 )
+            except InvalidArgumentError as exc:
+                # Our read of the store raced a first call that logged the event and left the
+                # in-flight map meanwhile: the event exists now, so answer as a repeat.
+                prior = await self.events.get(req.event_id) if exc.field == "event_id" else None
+                if prior is None:
+                    raise
+                event = prior
+                return self._output(gen, self._same_request(prior, req, fingerprint), req)
             finally:
                 done.set_result(event)
                 del self._running_events[req.event_id]
