@@ -403,28 +403,35 @@ class DynamicBatcher:
         already rules it out: the batcher is not running, or the wait for what is queued
         exceeds ``max_queue_wait_ms`` or the deadline. Under overload a refusal then costs
         almost nothing, so the capacity goes to the requests that are admitted."""
+        self._require_running()
+        self._check_time(0, 0, 1, time.monotonic(), deadline)
+
+    def _require_running(self) -> None:
         if self._state != "running":
             raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
+
+    def _check_time(
+        self, own_tokens: int, own_batches: int, n: int, now: float, deadline: float | None
+    ) -> None:
+        """Admission by time for ``n`` sequences of ``own_tokens`` padded tokens behind what
+        is queued and computing; a refusal is counted and raised."""
         ahead_tokens, ahead_batches = self._ahead()
-        if ahead_tokens == 0:
-            return
         try:
             self.admission.check(
                 ahead_tokens=ahead_tokens,
                 ahead_batches=ahead_batches,
-                own_tokens=0,
-                own_batches=0,
-                now=time.monotonic(),
+                own_tokens=own_tokens,
+                own_batches=own_batches,
+                now=now,
                 deadline=deadline,
             )
         except ResourceExhaustedError:
-            self.stats.rejected_overflow += 1
-            self._observe_dropped("overflow", 1)
+            self.stats.rejected_overflow += n
+            self._observe_dropped("overflow", n)
             raise
 
     def _admit(self, arrays: list[np.ndarray], deadline: float | None) -> list[_Request]:
-        if self._state != "running":
-            raise UnavailableError(f"the encoder batcher is {self._state}, not accepting requests")
+        self._require_running()
         n = len(arrays)
         if n > self.max_per_request:
             # A caller's error, not overload: retrying would never help.
@@ -448,20 +455,7 @@ class DynamicBatcher:
             self._observe_dropped("deadline", n)
             raise DeadlineExceededError("the request's deadline passed before encoding could start")
         buckets = [self.bucket_for(arr.shape[0]) for arr in arrays]
-        ahead_tokens, ahead_batches = self._ahead()
-        try:
-            self.admission.check(
-                ahead_tokens=ahead_tokens,
-                ahead_batches=ahead_batches,
-                own_tokens=sum(buckets),
-                own_batches=-(-n // self.max_batch_size),
-                now=now,
-                deadline=deadline,
-            )
-        except ResourceExhaustedError:
-            self.stats.rejected_overflow += n
-            self._observe_dropped("overflow", n)
-            raise
+        self._check_time(sum(buckets), -(-n // self.max_batch_size), n, now, deadline)
         if self._last_arrival is not None:
             gap = now - self._last_arrival
             self._arrival_gap = (

@@ -34,6 +34,20 @@ def test_service_time_fits_overhead_and_cost_per_token() -> None:
     assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
 
 
+async def _started_batcher(enc: FakeEncoder, max_queue_wait_ms: float) -> DynamicBatcher:
+    """Batches of 4, one 16-token bucket, no queue delay: the admission tests' batcher."""
+    b = DynamicBatcher(
+        enc,
+        max_batch_size=4,
+        max_queue_delay_ms=0,
+        max_queue_size=10_000,
+        max_queue_wait_ms=max_queue_wait_ms,
+        length_buckets=(16,),
+    )
+    await b.start()
+    return b
+
+
 def test_admission_rule() -> None:
     adm = Admission(max_wait_s=0.25)
     now = 100.0
@@ -58,15 +72,7 @@ def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
-        b = DynamicBatcher(
-            enc,
-            max_batch_size=4,
-            max_queue_delay_ms=0,
-            max_queue_size=10_000,
-            max_queue_wait_ms=50,
-            length_buckets=(16,),
-        )
-        await b.start()
+        b = await _started_batcher(enc, max_queue_wait_ms=50)
         b.admission.service.observe(0.016, 64)  # 4 sequences x 16 tokens take 16 ms
         busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
         await wait_until(enc.entered.is_set)
@@ -96,15 +102,7 @@ def test_precheck_refuses_before_any_work_when_the_queue_rules_a_request_out() -
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
-        b = DynamicBatcher(
-            enc,
-            max_batch_size=4,
-            max_queue_delay_ms=0,
-            max_queue_size=10_000,
-            max_queue_wait_ms=50,
-            length_buckets=(16,),
-        )
-        await b.start()
+        b = await _started_batcher(enc, max_queue_wait_ms=50)
         b.precheck(None)  # idle: nothing ahead, admitted
         b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
         busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
@@ -136,15 +134,7 @@ def test_a_large_requests_backlog_does_not_count_as_ahead_of_a_new_request() -> 
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
-        b = DynamicBatcher(
-            enc,
-            max_batch_size=4,
-            max_queue_delay_ms=0,
-            max_queue_size=10_000,
-            max_queue_wait_ms=40,
-            length_buckets=(16,),
-        )
-        await b.start()
+        b = await _started_batcher(enc, max_queue_wait_ms=40)
         b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
         busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
         await wait_until(enc.entered.is_set)
