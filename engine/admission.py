@@ -13,13 +13,20 @@ The batch cost model ``seconds = overhead + per_token x padded_tokens`` is an ex
 weighted least-squares fit over recent batches, seeded by the warm-up (which runs every
 bucket x batch size, so the fit spans small and large batches from the start). Until
 anything is measured, everything is admitted.
+
+The model predicts the encoder's own work; the real wait also holds what it does not see —
+gaps between batches while the event loop is busy, batches smaller than the largest (one per
+length bucket), cores shared with the rest of the process. Under overload on two cores the
+real wait was about twice the prediction, so admitted requests waited up to twice the limit.
+:class:`WaitCalibration` therefore compares each admitted request's predicted wait with the
+wait it then had and scales predictions by the measured ratio (bounded to [0.5, 4]).
 """
 
 from __future__ import annotations
 
 from explorank.errors import ResourceExhaustedError
 
-__all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime"]
+__all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime", "WaitCalibration"]
 
 #: A request is admitted only if its encoding is predicted to end within this share of the
 #: time left to its deadline (the prediction is a mean, and the Rank goes on after it).
@@ -65,13 +72,54 @@ class ServiceTime:
         return batches * self.overhead + tokens * self.per_token
 
 
+class WaitCalibration:
+    """The ratio of measured to predicted queue waits, as exponentially weighted sums over
+    admitted requests (``alpha`` = weight of the newest), bounded to ``[lo, hi]``; 1 until
+    something is measured. Waits predicted shorter than ``min_predicted_s`` are not used (a
+    request admitted into an empty queue tells nothing about the prediction's scale)."""
+
+    def __init__(
+        self,
+        alpha: float = 0.02,
+        lo: float = 0.5,
+        hi: float = 4.0,
+        min_predicted_s: float = 0.005,
+    ) -> None:
+        if not 0.0 < alpha <= 1.0 or not 0.0 < lo <= 1.0 <= hi:
+            raise ValueError(f"bad calibration bounds: alpha={alpha}, lo={lo}, hi={hi}")
+        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
+        self.min_predicted_s = float(min_predicted_s)
+        self._predicted = self._actual = 0.0
+        self.observed = 0
+
+    def observe(self, predicted_s: float, actual_s: float) -> None:
+        if not predicted_s >= self.min_predicted_s or not actual_s >= 0.0:
+            return
+        keep = 1.0 - self.alpha
+        self._predicted = keep * self._predicted + predicted_s
+        self._actual = keep * self._actual + actual_s
+        self.observed += 1
+
+    @property
+    def factor(self) -> float:
+        if not self._predicted > 0.0:
+            return 1.0
+        return min(self.hi, max(self.lo, self._actual / self._predicted))
+
+
 class Admission:
     """The admission rule (see the module docstring). ``max_wait_s = None`` disables the
     time rule (only the count cap of the queue applies)."""
 
-    def __init__(self, max_wait_s: float | None, service: ServiceTime | None = None) -> None:
+    def __init__(
+        self,
+        max_wait_s: float | None,
+        service: ServiceTime | None = None,
+        calibration: WaitCalibration | None = None,
+    ) -> None:
         self.max_wait_s = max_wait_s
         self.service = service or ServiceTime()
+        self.calibration = calibration or WaitCalibration()
         self.rejected = 0
 
     def check(
@@ -84,10 +132,10 @@ class Admission:
         ahead_batches: int = 1,
         own_batches: int = 1,
     ) -> float:
-        """The predicted wait (s) of a request with ``own_tokens`` behind ``ahead_tokens``
-        (``ahead_batches`` batches' worth); raises :class:`ResourceExhaustedError` when it
+        """The predicted wait (s, calibrated) of a request with ``own_tokens`` behind
+        ``ahead_tokens`` (``ahead_batches`` batches' worth); raises :class:`ResourceExhaustedError` when it
         must not be admitted."""
-        wait = self.service.predict(ahead_tokens, ahead_batches)
+        wait = self.service.predict(ahead_tokens, ahead_batches) * self.calibration.factor
         if ahead_tokens == 0 or self.service.per_token is None:
             return wait
         if self.max_wait_s is not None and wait > self.max_wait_s:

@@ -117,7 +117,17 @@ class BatcherStats:
 
 
 class _Request:
-    __slots__ = ("ids", "future", "enqueued", "deadline", "timer", "bucket", "owner", "trace")
+    __slots__ = (
+        "ids",
+        "future",
+        "enqueued",
+        "deadline",
+        "timer",
+        "bucket",
+        "owner",
+        "trace",
+        "predicted_wait",
+    )
 
     def __init__(self, ids: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None):
         self.ids = ids
@@ -129,6 +139,8 @@ class _Request:
         self.owner: _Backlog | None = None
         #: the caller's span (tracing on): queue and encode spans are recorded under it
         self.trace: Any = None
+        #: the wait admission predicted for it (s), compared with its real wait when taken
+        self.predicted_wait: float | None = None
 
 
 class _Backlog:
@@ -395,8 +407,10 @@ class DynamicBatcher:
         queued behind whatever arrives meanwhile (see "Fairness" above)."""
         waiting = [r for owner in self._backlogs for r in owner.waiting]
         tokens = self._pending_tokens - sum(r.bucket for r in waiting) + self._executing_tokens
-        queued = self._pending - len(waiting)
-        return tokens, self._executing + -(-queued // self.max_batch_size)
+        # one bucket's queue is taken in batches of its own limit; buckets are not mixed
+        # (where merging mixes them, the calibration of the prediction sees fewer batches)
+        batches = sum(-(-len(q) // self.batch_limit(key)) for key, q in self._queues.items())
+        return tokens, self._executing + batches
 
     def precheck(self, deadline: float | None) -> None:
         """Refuse now, before any work on the request (tokenizing it), when the queue alone
@@ -412,12 +426,12 @@ class DynamicBatcher:
 
     def _check_time(
         self, own_tokens: int, own_batches: int, n: int, now: float, deadline: float | None
-    ) -> None:
+    ) -> float:
         """Admission by time for ``n`` sequences of ``own_tokens`` padded tokens behind what
-        is queued and computing; a refusal is counted and raised."""
+        is queued and computing; a refusal is counted and raised. Returns the predicted wait."""
         ahead_tokens, ahead_batches = self._ahead()
         try:
-            self.admission.check(
+            return self.admission.check(
                 ahead_tokens=ahead_tokens,
                 ahead_batches=ahead_batches,
                 own_tokens=own_tokens,
@@ -455,7 +469,7 @@ class DynamicBatcher:
             self._observe_dropped("deadline", n)
             raise DeadlineExceededError("the request's deadline passed before encoding could start")
         buckets = [self.bucket_for(arr.shape[0]) for arr in arrays]
-        self._check_time(sum(buckets), -(-n // self.max_batch_size), n, now, deadline)
+        predicted = self._check_time(sum(buckets), -(-n // self.max_batch_size), n, now, deadline)
         if self._last_arrival is not None:
             gap = now - self._last_arrival
             self._arrival_gap = (
@@ -476,6 +490,8 @@ class DynamicBatcher:
         self._pending += n
         self._pending_tokens += sum(buckets)
         first, rest = reqs[: self.max_batch_size], reqs[self.max_batch_size :]
+        for req in first:
+            req.predicted_wait = predicted
         if rest:
             owner = _Backlog(rest)
             self._backlogs.add(owner)
@@ -633,6 +649,7 @@ class DynamicBatcher:
         out: list[_Request] = []
         released: dict[_Backlog, int] = {}
         observe_wait = self._metrics.observe_queue_wait if self._metrics is not None else None
+        calibration = self.admission.calibration
         while queue and len(out) < limit:
             req = queue.popleft()
             self._pending -= 1
@@ -647,6 +664,8 @@ class DynamicBatcher:
                 self._count_drop(req)
                 continue
             out.append(req)
+            if req.predicted_wait is not None:
+                calibration.observe(req.predicted_wait, now - req.enqueued)
             if observe_wait is not None:
                 _safe(observe_wait, now - req.enqueued)
         if not queue:

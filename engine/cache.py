@@ -5,9 +5,11 @@ bounded and with a TTL so a user's changing history is picked up; and encoded ca
 texts (not in the catalog) keyed by a hash of the text, bounded, no TTL (a text's
 embedding never changes for a given model).
 
-Expired entries are removed lazily (on ``get``, or by :meth:`LRUCache.purge_expired`),
-so ``len()`` may count entries that have expired but were not looked up since. The
-clock is injectable so tests need no sleeping.
+Expired entries are removed on ``get``, from the least recently used end on every ``put``
+(so a cache of keys that are never asked for again — a new context per request — holds
+about one TTL of them, not its whole budget), and by :meth:`LRUCache.purge_expired`; an
+expired entry that was read after newer ones were put can still be counted by ``len()``
+until then. The clock is injectable so tests need no sleeping.
 """
 
 from __future__ import annotations
@@ -128,6 +130,13 @@ class LRUCache(Generic[V]):
                 oldest = next(iter(self._data))
                 self._remove(oldest)
                 self.evictions += 1
+            if self.ttl_s is not None:
+                now = expires - self.ttl_s
+                while self._data:
+                    oldest = next(iter(self._data))
+                    if self._data[oldest][1] > now:
+                        break
+                    self._remove(oldest)
 
     def put_many(self, items: Iterable[tuple[Hashable, V]]) -> None:
         for key, value in items:

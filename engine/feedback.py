@@ -33,12 +33,15 @@ log = logging.getLogger("explorank.engine")
 
 
 def event_nbytes(event: EventRecord) -> int:
-    """What an event holds in memory, roughly: its arrays, plus references and short strings."""
+    """What an event holds in memory, roughly: its arrays, its candidate ids (the request's
+    own string objects: 57 bytes of object and list slot each, plus their characters), the
+    ranked ids' references and short strings, and the record itself."""
     arrays = sum(
         np.asarray(a).nbytes
         for a in (event.candidate_scores, event.user_embedding, event.ranked_embeddings)
     )
-    return arrays + 8 * len(event.candidate_ids) + 96 * len(event.ranked_ids) + 512
+    ids = sum(57 + len(i) for i in event.candidate_ids)
+    return arrays + ids + 96 * len(event.ranked_ids) + 512
 
 
 class EventLog:

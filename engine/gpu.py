@@ -179,6 +179,7 @@ def finish_gpu_encoder(
                 precision="fp32",
                 provider=bc.provider,
                 intra_op_threads=bc.intra_op_threads,
+                allow_spinning=bc.allow_spinning,
                 max_batch_size=config.batching.max_batch_size,
             )
             reason = (

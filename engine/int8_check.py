@@ -252,6 +252,7 @@ def choose_encoder(
             precision=precision,
             provider=bc.provider,
             intra_op_threads=bc.intra_op_threads,
+            allow_spinning=bc.allow_spinning,
             max_batch_size=max_batch_size,
             **kwargs,
         )

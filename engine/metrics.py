@@ -7,6 +7,10 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
 - ``explorank_batch_size``                                encoder batch sizes
 - ``explorank_tokens_real_total`` / ``_computed_total``   padding efficiency = real / computed
 - ``explorank_cache_requests_total{cache, result}``       user / item cache hits and misses
+- ``explorank_cache_entries{cache}`` / ``explorank_cache_bytes{cache}`` /
+  ``explorank_cache_budget_bytes{cache}``                 user / item / event caches: what
+  they hold now (bytes as the budget counts them) against their budget
+- ``process_resident_memory_bytes`` and the other ``process_*`` metrics (Linux)
 - ``explorank_queue_rejections_total`` / ``explorank_deadline_drops_total``
 - ``explorank_encoder_precision{precision}``              1 for the precision being served
 - ``explorank_int8_check{measure}``                       the load-time INT8 check on this CPU:
@@ -15,9 +19,17 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -41,6 +53,10 @@ _LATENCY_BUCKETS = (
     10.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+
+
+def _reader(get: Callable[[], Any], field: Callable[[Any], float]) -> Callable[[], float]:
+    return lambda: float(field(get()))
 
 
 class EngineMetrics:
@@ -89,6 +105,29 @@ class EngineMetrics:
             ["measure"],
             registry=r,
         )
+        self.cache_entries = Gauge(
+            "explorank_cache_entries", "Entries held by a cache", ["cache"], registry=r
+        )
+        self.cache_bytes = Gauge(
+            "explorank_cache_bytes",
+            "Bytes held by a cache (as its budget counts)",
+            ["cache"],
+            registry=r,
+        )
+        self.cache_budget = Gauge(
+            "explorank_cache_budget_bytes", "Byte budget of a cache", ["cache"], registry=r
+        )
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)
+
+    def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:
+        """Report each cache (an :class:`~explorank.engine.cache.LRUCache`, looked up when
+        scraped: a reload's new caches are followed) under its name."""
+        for name, get in caches.items():
+            self.cache_entries.labels(name).set_function(_reader(get, lambda c: len(c)))
+            self.cache_bytes.labels(name).set_function(_reader(get, lambda c: c.bytes))
+            self.cache_budget.labels(name).set_function(
+                _reader(get, lambda c: float("nan") if c.max_bytes is None else c.max_bytes)
+            )
 
     # -- bridge for the dynamic batcher (BatcherMetrics protocol) -----------------------
     def observe_batch(

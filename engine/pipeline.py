@@ -139,6 +139,13 @@ class Engine:
         self.feedback = Feedback(
             config.state, config.limits, self.decider, self.events, self.metrics
         )
+        self.metrics.watch_caches(
+            {
+                "user": lambda: self.gen.embedder.user_cache,
+                "item": lambda: self.gen.embedder.item_cache,
+                "event": lambda: self.events.cache,
+            }
+        )
         self.ready = False
         self.accepting = True
         self._tasks: list[asyncio.Task[Any]] = []
@@ -474,6 +481,8 @@ class Engine:
                 "max_queue_delay_ms": bc.max_queue_delay_ms,
                 "max_queue_size": bc.max_queue_size,
                 "length_buckets": list(bc.length_buckets),
+                "max_queue_wait_ms": bc.max_queue_wait_ms or 0.0,
+                "max_batch_tokens": bc.max_batch_tokens or 0,
             },
             "catalog_size": len(self.gen.catalog),
             "state_store": self.config.state.store,

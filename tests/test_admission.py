@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_batcher import FakeEncoder, run, wait_until
 
-from explorank.engine.admission import Admission, ServiceTime
+from explorank.engine.admission import Admission, ServiceTime, WaitCalibration
 from explorank.engine.batcher import DynamicBatcher
+from explorank.engine.pipeline import Engine
+from explorank.engine.requests import CandidateInput, RankInput
 from explorank.errors import ResourceExhaustedError, UnavailableError
+from tests.server_harness import make_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,6 +39,57 @@ def test_service_time_fits_overhead_and_cost_per_token() -> None:
     assert st2.predict(3000, batches=3) == pytest.approx(3 * 0.002 + 0.03)
     st2.observe(0.0, 10)  # ignored
     assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
+
+
+def test_wait_calibration_is_the_measured_ratio_within_bounds() -> None:
+    cal = WaitCalibration(alpha=0.1, lo=0.5, hi=4.0, min_predicted_s=0.005)
+    assert cal.factor == 1.0  # nothing measured
+    cal.observe(0.001, 0.5)  # predicted under 5 ms: says nothing about the scale
+    assert cal.factor == 1.0 and cal.observed == 0
+    for _ in range(50):
+        cal.observe(0.1, 0.2)
+    assert cal.factor == pytest.approx(2.0)
+    for _ in range(400):
+        cal.observe(0.1, 0.05)  # the prediction now overestimates: factor follows down
+    assert cal.factor == pytest.approx(0.5)
+    for _ in range(400):
+        cal.observe(0.1, 10.0)
+    assert cal.factor == 4.0  # bounded
+    with pytest.raises(ValueError):
+        WaitCalibration(lo=1.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=5.0, allow_nan=False),
+            st.floats(min_value=0.0, max_value=50.0, allow_nan=False),
+        ),
+        max_size=60,
+    )
+)
+def test_wait_calibration_factor_stays_within_its_bounds(pairs: list[tuple[float, float]]) -> None:
+    cal = WaitCalibration()
+    for predicted, actual in pairs:
+        cal.observe(predicted, actual)
+        assert cal.lo <= cal.factor <= cal.hi
+
+
+def test_admission_scales_the_predicted_wait_by_the_calibration() -> None:
+    adm = Admission(max_wait_s=0.25)
+    adm.service.observe(0.032, 1000)  # 32 us per token
+    now = 100.0
+    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None) == pytest.approx(
+        0.16
+    )
+    for _ in range(200):  # real waits were twice the predicted ones
+        adm.calibration.observe(0.1, 0.2)
+    with pytest.raises(ResourceExhaustedError, match="predicted wait for the encoder is 320 ms"):
+        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None)
+    assert adm.check(ahead_tokens=3000, own_tokens=64, now=now, deadline=None) == pytest.approx(
+        0.192
+    )
 
 
 async def _started_batcher(enc: FakeEncoder, max_queue_wait_ms: float) -> DynamicBatcher:
@@ -203,3 +261,90 @@ def test_cancelled_large_request_leaves_no_backlog() -> None:
         await b.stop()
 
     run(main)
+
+
+def test_the_batcher_calibrates_its_predictions_from_the_waits_it_sees() -> None:
+    """A batch that takes far longer than the cost model said (a stalled backend, a busy
+    machine) makes the queued requests wait longer than predicted: the calibration factor
+    rises, so the next predictions are longer."""
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = await _started_batcher(enc, max_queue_wait_ms=10_000)
+        b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(8)]
+        await asyncio.sleep(0.3)  # the batch computing takes 300 ms, not 4
+        assert b.admission.calibration.factor == 1.0
+        enc.gate.set()
+        await asyncio.gather(busy, *queued)
+        cal = b.admission.calibration
+        # the first one was predicted to wait 2 ms (under the 5 ms the calibration uses)
+        assert cal.observed == 7 and cal.factor > 1.5
+        await b.stop()
+
+    run(main)
+
+
+def test_ahead_counts_one_batch_per_length_bucket() -> None:
+    """Buckets are not mixed (bucket merging does not pay for a CPU-like cost model), so
+    three requests in three buckets are three batches ahead, not one."""
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            enc,
+            max_batch_size=4,
+            max_queue_delay_ms=0,
+            max_queue_wait_ms=10_000,
+            length_buckets=(16, 32, 64),
+        )
+        await b.start()
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        queued = [asyncio.ensure_future(b.submit(np.arange(1, n))) for n in (9, 25, 50, 10, 11)]
+        await asyncio.sleep(0)
+        tokens, batches = b._ahead()
+        # computing: 1 batch of 8 padded tokens; queued: 3 x 16, 1 x 32, 1 x 64
+        assert tokens == 8 + 3 * 16 + 32 + 64 and batches == 1 + 3
+        enc.gate.set()
+        await asyncio.gather(busy, *queued)
+        await b.stop()
+
+    run(main)
+
+
+def test_a_refused_rank_does_no_work_on_its_candidates(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Under overload the encoder refuses a Rank whose user context is not cached before the
+    candidates are looked up; a Rank whose context is cached needs no encoder and is served."""
+
+    async def main() -> None:
+        engine = Engine.from_config(make_config(tiny_bundle, tmp_path / "s.db"))
+        await engine.start(warmup=False)
+        try:
+            emb = engine.gen.embedder
+            ids = list(emb.catalog.ids[:5])
+            cands = [CandidateInput(i) for i in ids]
+            await engine.rank(RankInput(context_text="seen before", candidates=cands))
+            looked_up: list[Any] = []
+            real_candidates = emb.candidates
+
+            async def spy(*args: Any, **kwargs: Any) -> Any:
+                looked_up.append(args)
+                return await real_candidates(*args, **kwargs)
+
+            def overloaded(deadline: float | None) -> None:
+                raise ResourceExhaustedError("overloaded (test)")
+
+            emb.candidates = spy  # type: ignore[method-assign]
+            emb.batcher.precheck = overloaded  # type: ignore[method-assign]
+            with pytest.raises(ResourceExhaustedError, match="overloaded"):
+                await engine.rank(RankInput(context_text="never seen", candidates=cands))
+            assert looked_up == []
+            out = await engine.rank(RankInput(context_text="seen before", candidates=cands))
+            assert len(out.items) > 0 and len(looked_up) == 1
+        finally:
+            await engine.stop(1.0)
+
+    asyncio.run(main())

@@ -170,6 +170,23 @@ def test_ort_cpu_matches_numpy(bundle: Bundle) -> None:
     backend.close()
 
 
+@pytest.mark.parametrize(("allow", "entry", "said"), [(False, "0", "off"), (True, "1", "on")])
+def test_intra_op_spinning_reaches_the_session(
+    bundle: Bundle, allow: bool, entry: str, said: str
+) -> None:
+    backend = create_backend(bundle, provider="cpu", intra_op_threads=2, allow_spinning=allow)
+    assert isinstance(backend, OrtBackend)
+    opts = backend._session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    assert backend.describe()["intra_op_spinning"] == said
+    ids, mask = random_batch(np.random.default_rng(2))
+    np.testing.assert_allclose(backend.encode(ids, mask), reference(ids, mask), atol=1e-5)
+    backend.close()
+    default = create_backend(bundle, provider="cpu", intra_op_threads=1)
+    assert default.describe()["intra_op_spinning"] == "default (on)"
+    default.close()
+
+
 def test_padding_does_not_change_embeddings(bundle: Bundle) -> None:
     """What length bucketing relies on: a sequence's row is the same at any padded width."""
     backend = create_backend(bundle, provider="cpu")

@@ -29,7 +29,14 @@ from explorank.benchmarks.latency.phased_load import (
     timeline,
 )
 from explorank.benchmarks.latency.serve_load import RequestFactory
-from explorank.benchmarks.latency.soak import RssSampler, rss_from_proc, soak_summary
+from explorank.benchmarks.latency.soak import (
+    FULL_WARMUP_S,
+    RssSampler,
+    cache_snapshot,
+    rss_from_proc,
+    soak_summary,
+    soak_warmup_s,
+)
 from explorank.errors import ExplorankError, InvalidArgumentError
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -287,6 +294,32 @@ def test_soak_summary_growth_slope_and_warmup() -> None:
 # --- end to end on the tiny bundle ------------------------------------------------------------
 
 
+def test_soak_warmup_covers_the_caches_and_snapshot_reads_them() -> None:
+    assert soak_warmup_s(600) == FULL_WARMUP_S == 300.0  # one user-cache TTL
+    assert soak_warmup_s(10) == pytest.approx(1.0)  # short runs: 10 %
+    page = "\n".join(
+        (
+            "# TYPE explorank_cache_entries gauge",
+            'explorank_cache_entries{cache="user"} 7.0',
+            'explorank_cache_entries{cache="event"} 2.0',
+            "# TYPE explorank_cache_bytes gauge",
+            f'explorank_cache_bytes{{cache="user"}} {3 * 2**20}',
+            "# TYPE explorank_cache_budget_bytes gauge",
+            f'explorank_cache_budget_bytes{{cache="user"}} {64 * 2**20}',
+            "# TYPE explorank_cache_requests counter",
+            'explorank_cache_requests_total{cache="user",result="hit"} 5.0',
+            "# TYPE process_resident_memory_bytes gauge",
+            "process_resident_memory_bytes 1e9",
+            "",
+        )
+    )
+    assert cache_snapshot(page) == {
+        "user": {"entries": 7.0, "mb": 3.0, "budget_mb": 64.0},
+        "event": {"entries": 2.0},
+    }
+    assert cache_snapshot("") == {}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_overload_and_soak_end_to_end_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -343,6 +376,10 @@ def test_overload_and_soak_end_to_end_tiny_bundle(tiny_bundle: Path, tmp_path: P
     assert r["rss_after_warmup_mb"] == pytest.approx(base / 2**20)
     assert r["growth_pct"] == pytest.approx((samples[-1][1] - base) / base * 100)
     assert soak["rate"] == pytest.approx(0.5 * soak["capacity"]["throughput_rps"])
+    assert soak["warmup_s"] == pytest.approx(0.15) and samples[-1][0] >= 1.5
+    end = soak["caches"]["end"]  # the bench-started server's /metrics
+    assert set(end) == {"user", "item", "event"}
+    assert end["event"]["entries"] >= 1 and 0 < end["event"]["mb"] <= end["event"]["budget_mb"]
     _check_phase_counts(soak["requests"])
     md = (tmp_path / "report.md").read_text()
     assert "## Overload" in md and "## Soak" in md and "## Headline" not in md

@@ -275,6 +275,21 @@ def test_metrics_endpoint(srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub) -
     assert 'explorank_requests_total{code="OK",rpc="Rank"}' in body
     assert "explorank_batch_size_count" in body
     assert 'explorank_stage_seconds_count{stage="encode"}' in body
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+    # the caches against their budgets: the Rank above logged an event and cached its user
+    assert values['explorank_cache_entries{cache="event"}'] >= 1
+    assert values['explorank_cache_entries{cache="user"}'] >= 1
+    assert (
+        0
+        < values['explorank_cache_bytes{cache="user"}']
+        <= values['explorank_cache_budget_bytes{cache="user"}']
+    )
+    assert values['explorank_cache_budget_bytes{cache="event"}'] == 64 * 2**20
+    assert values["process_resident_memory_bytes"] > 10 * 2**20
 
 
 def test_overload_is_resource_exhausted_never_internal(tiny_bundle: Path, tmp_path: Path) -> None:

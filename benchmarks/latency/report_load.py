@@ -128,9 +128,10 @@ def soak_markdown(sec: dict[str, Any]) -> list[str]:
         "## Soak",
         "",
         f"- load: {_f(sec['rate'])} req/s Poisson ({sec['load_fraction']:.0%} of the capacity "
-        f"{_f(cap.get('throughput_rps'))} req/s) for {_f(sec['soak_s'], 0)} s, client deadline "
+        f"{_f(cap.get('throughput_rps'))} req/s): {_f(sec['warmup_s'], 0)} s warm-up, then "
+        f"{_f(sec['soak_s'], 0)} s measured; client deadline "
         f"{_f(sec['deadline_s'], 1)} s; RSS ({sec['rss_source']}) every {_f(sec['interval_s'], 2)} s, "
-        f"{r['samples']} samples; warm-up: the first {_f(sec['warmup_s'])} s",
+        f"{r['samples']} samples",
         f"- requests: offered {q['offered']}, admitted {q['admitted']}, rejected {q['rejected']}, "
         f"deadline exceeded {q['deadline_exceeded']}, other errors {sum(q['other_errors'].values())}; "
         f"admitted p50 {_f(q['admitted_p50_ms'])} ms, p99 {_f(q['admitted_p99_ms'])} ms",
@@ -151,9 +152,30 @@ def soak_markdown(sec: dict[str, Any]) -> list[str]:
             if (r["measured_over_s"] or 0) >= 60
             else " (too short a run to extrapolate)"
         ),
+        *_cache_lines(sec.get("caches") or {}),
         "",
         "Plot: `soak_rss.png`.",
         "",
+    ]
+
+
+def _cache_lines(caches: dict[str, Any]) -> list[str]:
+    """The server's caches at the end of the warm-up and at the end (when it exports them)."""
+
+    def one(snap: dict[str, Any] | None) -> str:
+        if not snap:
+            return "not exported"
+        return "; ".join(
+            f"{name} {int(c.get('entries', 0))} entries, {_f(c.get('mb'))} of "
+            f"{_f(c.get('budget_mb'))} MB"
+            for name, c in sorted(snap.items())
+        )
+
+    if not caches:
+        return []
+    return [
+        f"- caches after warm-up: {one(caches.get('after_warmup'))}",
+        f"- caches at the end: {one(caches.get('end'))}",
     ]
 
 

@@ -122,7 +122,8 @@ class ServeBenchConfig:
     capacity_clients: int = 16
     capacity_s: float = 5.0
     single_s: float = 5.0
-    soak_s: float = 600.0
+    soak_s: float = 600.0  # measured, after the warm-up
+    soak_warmup_s: float | None = None  # None: soak.soak_warmup_s(soak_s)
     soak_fraction: float = 0.5
     # The greedy scenario (module greedy): small clients alone, then next to one client
     # sending greedy_texts new candidate texts per request.
@@ -194,6 +195,7 @@ class ServeBenchConfig:
             ("--deadline-s", self.deadline_s, 0.0),
             ("--capacity", self.capacity_rps, 0.0),
             ("--soak-s", self.soak_s, 0.0),
+            ("--soak-warmup-s", self.soak_warmup_s, -1e-9),
             ("--max-queue-wait-ms", self.max_queue_wait_ms, -1e-9),
             ("--greedy-texts", self.greedy_texts, 0.0),
         ):

@@ -3,15 +3,21 @@ memory is sampled.
 
 On one explorank server (started by the bench, or ``--address``): warm up, measure the
 capacity (closed-loop saturation, or ``--capacity``), then send Poisson load at
-``soak_fraction`` (default 50 %) of it for ``N`` seconds while sampling the server's RSS
-every few seconds. The first part of the run is warm-up (allocator pools, ONNX Runtime
-arenas, caches filling); growth is measured from the first sample after it to the last one:
+``soak_fraction`` (default 50 %) of it for a warm-up and then ``N`` seconds while
+sampling the server's RSS every few seconds. The warm-up lets allocator pools, ONNX Runtime
+arenas and the server's bounded caches reach their steady size: the event cache fills its
+byte budget (at 50 % load on two cores within about 2.5 minutes) and the user cache holds
+one TTL of contexts (``cache.user_ttl_s``, 5 minutes by default), so a soak of 5 minutes or
+more warms up for :data:`FULL_WARMUP_S` (``--soak-warmup-s`` sets another). Growth is
+measured over the ``N`` seconds after it, from the first sample at its end to the last:
 
 * a bench-started server: ``VmRSS`` of its process from ``/proc/<pid>/status``;
-* ``--address``: ``process_resident_memory_bytes`` from ``--metrics-url``, which needs a
-  registry that exports process metrics. explorank's own /metrics (its own
-  ``CollectorRegistry``) does not, so against an explorank server the soak needs a
-  bench-started one; the scenario then fails with that reason.
+* ``--address``: ``process_resident_memory_bytes`` from ``--metrics-url`` (explorank's
+  /metrics exports it).
+
+Where the server's /metrics is known, the caches' entries and bytes against their budgets
+(``explorank_cache_*``) are read at the end of the warm-up and at the end, so the report
+shows whether they were full when growth was measured.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +44,9 @@ if TYPE_CHECKING:
     from explorank.benchmarks.latency.serve_bench import ServeBenchConfig
 
 __all__ = [
+    "FULL_WARMUP_S",
     "RssSampler",
+    "cache_snapshot",
     "rss_from_metrics",
     "rss_from_proc",
     "run_soak",
@@ -48,6 +57,9 @@ __all__ = [
 
 RSS_METRIC = "process_resident_memory_bytes"
 MB = 1024.0 * 1024.0
+#: Warm-up of a soak of 5 minutes or more: the user cache's default TTL, the last of the
+#: server's bounded caches to reach its steady size under constant load.
+FULL_WARMUP_S = 300.0
 
 
 def rss_from_proc(pid: int) -> int | None:
@@ -74,8 +86,40 @@ def sample_interval_s(soak_s: float) -> float:
 
 
 def soak_warmup_s(soak_s: float) -> float:
-    """The warm-up part of a soak: 10 % of it, at most 60 s."""
-    return min(60.0, 0.1 * soak_s)
+    """The warm-up before a soak of ``soak_s`` measured seconds: :data:`FULL_WARMUP_S` for
+    soaks of 5 minutes or more, else 10 % of it (short runs, tests)."""
+    return FULL_WARMUP_S if soak_s >= 300.0 else 0.1 * soak_s
+
+
+_CACHE_GAUGES = {
+    "explorank_cache_entries": ("entries", 1.0),
+    "explorank_cache_bytes": ("mb", MB),
+    "explorank_cache_budget_bytes": ("budget_mb", MB),
+}
+
+
+def cache_snapshot(text: str) -> dict[str, dict[str, float]]:
+    """``{cache: {entries, mb, budget_mb}}`` from a /metrics page (empty when the server
+    exports no cache gauges)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            field = _CACHE_GAUGES.get(sample.name)
+            if field is not None and "cache" in sample.labels:
+                out.setdefault(sample.labels["cache"], {})[field[0]] = sample.value / field[1]
+    return out
+
+
+def _caches_now(url: str | None) -> dict[str, dict[str, float]] | None:
+    if not url or not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as resp:  # noqa: S310 - loopback only
+            return cache_snapshot(resp.read().decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
 
 
 class RssSampler:
@@ -148,6 +192,7 @@ async def _measure(
     factory: RequestFactory,
     cfg: ServeBenchConfig,
     progress: Callable[[str], None],
+    metrics_url: str | None,
 ) -> dict[str, Any]:
     import grpc
 
@@ -164,8 +209,8 @@ async def _measure(
             raise ExplorankError(
                 "cannot read the server's resident memory: "
                 + (
-                    f"{cfg.metrics_url} has no {RSS_METRIC} (explorank's /metrics does not "
-                    "export process metrics: run the soak without --address)"
+                    f"{cfg.metrics_url} has no {RSS_METRIC} (a server whose /metrics exports "
+                    "no process metrics: run the soak without --address)"
                     if cfg.address
                     else "its process is gone"
                 )
@@ -191,20 +236,29 @@ async def _measure(
         if not cap > 0:
             raise ExplorankError(f"capacity measurement got no answers ({capacity['errors']})")
         rate = cfg.soak_fraction * cap
-        warmup = soak_warmup_s(cfg.soak_s)
+        warmup = soak_warmup_s(cfg.soak_s) if cfg.soak_warmup_s is None else cfg.soak_warmup_s
+        total = warmup + cfg.soak_s
         progress(
-            f"soak: {rate:.1f} req/s ({cfg.soak_fraction:.0%} of {cap:.1f}) for {cfg.soak_s:g} s, "
-            f"RSS every {sample_interval_s(cfg.soak_s):g} s, the first {warmup:g} s warm-up"
+            f"soak: {rate:.1f} req/s ({cfg.soak_fraction:.0%} of {cap:.1f}): {warmup:g} s "
+            f"warm-up, then {cfg.soak_s:g} s measured; RSS every {sample_interval_s(total):g} s"
         )
         await asyncio.sleep(0.3)
-        sampler = RssSampler(read_rss, sample_interval_s(cfg.soak_s))
+        sampler = RssSampler(read_rss, sample_interval_s(total))
         stop = asyncio.Event()
         sampling = asyncio.ensure_future(sampler.run(stop))
+        caches: dict[str, Any] = {}
+
+        async def after_warmup() -> None:
+            await asyncio.sleep(warmup)
+            caches["after_warmup"] = await asyncio.to_thread(_caches_now, metrics_url)
+            progress(f"soak: warm-up over; caches {caches['after_warmup'] or 'not exported'}")
+
+        snapshot = asyncio.ensure_future(after_warmup())
         try:
             run = await phased_open_loop(
                 lambda i: factory.make("soak", i),
                 send,
-                [Phase("soak", rate, cfg.soak_s)],
+                [Phase("soak", rate, total)],
                 seed=cfg.seed,
                 max_in_flight=max(1024, int(rate * (cfg.timeout_s + 1) * 2)),
                 drain_s=drain,
@@ -212,6 +266,9 @@ async def _measure(
         finally:
             stop.set()
             await sampling
+            if not snapshot.done():
+                snapshot.cancel()
+        caches["end"] = await asyncio.to_thread(_caches_now, metrics_url)
     summary = soak_summary(sampler.samples, warmup)
     return {
         "capacity": capacity,
@@ -219,6 +276,7 @@ async def _measure(
         "rate": rate,
         "soak_s": cfg.soak_s,
         "warmup_s": warmup,
+        "caches": caches,
         "interval_s": sampler.interval_s,
         "deadline_s": cfg.timeout_s,
         "rss_source": f"{RSS_METRIC} at {cfg.metrics_url}" if cfg.address else "/proc VmRSS",
@@ -243,7 +301,7 @@ def run_soak(
                 f"the soak against --address needs --metrics-url exporting {RSS_METRIC}"
             )
         return asyncio.run(
-            _measure(cfg.address, lambda: rss_from_metrics(url), factory, cfg, progress)
+            _measure(cfg.address, lambda: rss_from_metrics(url), factory, cfg, progress, url)
         )
     server = explorank_server(
         bundle_path, work, "explorank-soak", threads=cfg.threads, extra=cfg.server_args
@@ -257,4 +315,8 @@ def run_soak(
             f"soak: serving on {address} (pid {pid}, started in {time.perf_counter() - t0:.1f} s)"
         )
         assert pid is not None
-        return asyncio.run(_measure(address, lambda: rss_from_proc(pid), factory, cfg, progress))
+        return asyncio.run(
+            _measure(
+                address, lambda: rss_from_proc(pid), factory, cfg, progress, server.metrics_url
+            )
+        )

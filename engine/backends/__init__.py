@@ -143,6 +143,7 @@ def create_backend(
     intra_op_threads: int | None = None,
     max_batch_size: int = 64,
     int8_variant: str | None = None,
+    allow_spinning: bool | None = None,
 ) -> Backend:
     """Build the encoder backend for ``bundle`` (see the module docstring for the policy).
 
@@ -155,7 +156,8 @@ def create_backend(
     native TensorRT plan's profiles are fixed when the plan is built.
 
     ``int8_variant`` names the INT8 encoder (``Bundle.int8_variants``) for ``precision="int8"``;
-    default: the bundle's first.
+    default: the bundle's first. ``allow_spinning`` sets ONNX Runtime's intra-op spinning
+    (None: its default).
     """
     if backend not in ("auto", *BACKEND_NAMES):
         raise ConfigError(f"backend must be auto, onnxruntime or tensorrt; got {backend!r}")
@@ -233,4 +235,5 @@ def create_backend(
         max_batch_size=max_batch_size,
         max_seq_length=bundle.max_seq_length,
         variant=None if variant is None else f"{variant['kind']}:{variant['name']}",
+        allow_spinning=allow_spinning,
     )

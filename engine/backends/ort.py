@@ -91,6 +91,7 @@ class OrtBackend(Backend):
         max_seq_length: int = 128,
         trt_cache_dir: str | os.PathLike[str] | None = None,
         variant: str | None = None,
+        allow_spinning: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -108,6 +109,8 @@ class OrtBackend(Backend):
         self.variant = variant
         self.embedding_dim = int(embedding_dim)
         self.intra_op_threads = int(intra_op_threads) if intra_op_threads else available_cpus()
+        #: ONNX Runtime's ``session.intra_op.allow_spinning`` (None: its default, on)
+        self.allow_spinning = allow_spinning
         self._output = output_name
         self._lock = threading.Lock()
         self._closed = False
@@ -200,6 +203,10 @@ class OrtBackend(Backend):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        if self.allow_spinning is not None:
+            opts.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
+            )
         return opts
 
     @staticmethod
@@ -435,6 +442,9 @@ class OrtBackend(Backend):
                 **({"int8_variant": self.variant} if self.variant else {}),
                 "intra_op_threads": self.intra_op_threads,
                 "inter_op_threads": 1,
+                "intra_op_spinning": "default (on)"
+                if self.allow_spinning is None
+                else ("on" if self.allow_spinning else "off"),
                 "graph_optimization": "ORT_ENABLE_ALL",
                 "io_binding": self._io_binding,
                 "onnxruntime_version": ort.__version__,

@@ -50,6 +50,7 @@ _SERVE_FLAGS = (
     "max_queue_wait_ms",
     "capacity",
     "soak_s",
+    "soak_warmup_s",
     "greedy_texts",
     "api",
     "oip_model",
@@ -215,8 +216,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--soak-s",
         type=float,
-        help="run the soak scenario for this many seconds at 50%% of capacity, sampling the "
-        "server's RSS (default 600 when --scenario names soak; quick 10)",
+        help="run the soak scenario: this many seconds at 50%% of capacity after a warm-up, "
+        "sampling the server's RSS; growth is measured over them (default 600 when --scenario "
+        "names soak; quick 10)",
+    )
+    srv.add_argument(
+        "--soak-warmup-s",
+        type=float,
+        help="soak: warm-up before the measured part, seconds (default 300 — one user-cache "
+        "TTL, after which the server's caches hold their steady size — for soaks of 5 minutes "
+        "or more, else 10%% of --soak-s)",
     )
     srv.add_argument(
         "--api",
@@ -321,6 +330,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_queue_wait_ms=args.max_queue_wait_ms,
         capacity_rps=args.capacity,
         soak_s=args.soak_s,
+        soak_warmup_s=args.soak_warmup_s,
         greedy_texts=args.greedy_texts,
         api=args.api,
         oip_model=args.oip_model,

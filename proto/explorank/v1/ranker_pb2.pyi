@@ -135,16 +135,20 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BatchingInfo(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "length_buckets")
+    __slots__ = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "length_buckets", "max_queue_wait_ms", "max_batch_tokens")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     LENGTH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_ms: float
     max_queue_size: int
     length_buckets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., length_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_queue_wait_ms: float
+    max_batch_tokens: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., length_buckets: _Optional[_Iterable[int]] = ..., max_queue_wait_ms: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate", "unavailable_plugins")
