@@ -19,10 +19,13 @@ gaps between batches while the event loop is busy, batches smaller than the larg
 length bucket), cores shared with the rest of the process. Under overload on two cores the
 real wait was about twice the prediction, so admitted requests waited up to twice the limit.
 :class:`WaitCalibration` therefore compares each admitted request's predicted wait with the
-wait it then had and scales predictions by the measured ratio (bounded to [0.5, 4]).
+wait it then had and scales predictions by a high quantile of the measured ratio (bounded to
+[0.5, 4]).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from explorank.errors import ResourceExhaustedError
 
@@ -73,38 +76,55 @@ class ServiceTime:
 
 
 class WaitCalibration:
-    """The ratio of measured to predicted queue waits, as exponentially weighted sums over
-    admitted requests (``alpha`` = weight of the newest), bounded to ``[lo, hi]``; 1 until
-    something is measured. Waits predicted shorter than ``min_predicted_s`` are not used (a
-    request admitted into an empty queue tells nothing about the prediction's scale)."""
+    """How much longer admitted requests really waited than predicted: the ``quantile`` of
+    the ratio measured / predicted over the last ``window`` admitted requests, bounded to
+    ``[lo, hi]``; 1 until ``min_samples`` are measured. A high quantile, not the mean: the
+    waits spread around the prediction (batches of other buckets first, batch times that
+    vary), and the limit should hold for most admitted requests, not for the average one.
+    Waits predicted shorter than ``min_predicted_s`` are not used (a request admitted into
+    an empty queue tells nothing about the prediction's scale)."""
 
     def __init__(
         self,
-        alpha: float = 0.02,
+        window: int = 200,
+        quantile: float = 0.9,
         lo: float = 0.5,
         hi: float = 4.0,
         min_predicted_s: float = 0.005,
+        min_samples: int = 20,
     ) -> None:
-        if not 0.0 < alpha <= 1.0 or not 0.0 < lo <= 1.0 <= hi:
-            raise ValueError(f"bad calibration bounds: alpha={alpha}, lo={lo}, hi={hi}")
-        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
+        if window < 1 or not 0.0 < quantile <= 1.0 or not 0.0 < lo <= 1.0 <= hi:
+            raise ValueError(
+                f"bad calibration settings: window={window}, quantile={quantile}, lo={lo}, hi={hi}"
+            )
+        self.quantile, self.lo, self.hi = float(quantile), float(lo), float(hi)
         self.min_predicted_s = float(min_predicted_s)
-        self._predicted = self._actual = 0.0
+        self.min_samples = max(1, int(min_samples))
+        self._window = int(window)
+        self._ratios: deque[float] = deque(maxlen=self._window)
+        self._factor = 1.0
+        self._stale = 0
         self.observed = 0
 
     def observe(self, predicted_s: float, actual_s: float) -> None:
         if not predicted_s >= self.min_predicted_s or not actual_s >= 0.0:
             return
-        keep = 1.0 - self.alpha
-        self._predicted = keep * self._predicted + predicted_s
-        self._actual = keep * self._actual + actual_s
+        self._ratios.append(actual_s / predicted_s)
         self.observed += 1
+        self._stale += 1
 
     @property
     def factor(self) -> float:
-        if not self._predicted > 0.0:
+        n = len(self._ratios)
+        if n < self.min_samples:
             return 1.0
-        return min(self.hi, max(self.lo, self._actual / self._predicted))
+        # recomputed after every tenth of the window's new samples (after each while few)
+        if self._stale and (n < 100 or self._stale * 10 >= self._window):
+            ranked = sorted(self._ratios)
+            q = ranked[min(n - 1, int(self.quantile * n))]
+            self._factor = min(self.hi, max(self.lo, q))
+            self._stale = 0
+        return self._factor
 
 
 class Admission:
@@ -119,7 +139,11 @@ class Admission:
     ) -> None:
         self.max_wait_s = max_wait_s
         self.service = service or ServiceTime()
-        self.calibration = calibration or WaitCalibration()
+        # calibrated on waits of at least a tenth of the limit: a short predicted wait is
+        # mostly the rest of the batch being computed, whose ratio says little about a long one
+        self.calibration = calibration or WaitCalibration(
+            min_predicted_s=max(0.005, 0.1 * max_wait_s) if max_wait_s else 0.005
+        )
         self.rejected = 0
 
     def check(
@@ -138,11 +162,19 @@ class Admission:
         wait = self.service.predict(ahead_tokens, ahead_batches) * self.calibration.factor
         if ahead_tokens == 0 or self.service.per_token is None:
             return wait
-        if self.max_wait_s is not None and wait > self.max_wait_s:
+        # the limit holds for the wait plus the request's first batch (a large request's
+        # later batches queue behind newer arrivals: see the batcher's "Fairness")
+        first = (
+            self.service.predict(-(-own_tokens // max(1, own_batches)), 1)
+            if own_tokens > 0
+            else 0.0
+        )
+        if self.max_wait_s is not None and wait + first > self.max_wait_s:
             self.rejected += 1
             raise ResourceExhaustedError(
-                f"overloaded: the predicted wait for the encoder is {wait * 1000:.0f} ms, over "
-                f"the {self.max_wait_s * 1000:.0f} ms limit (batching.max_queue_wait_ms); "
+                f"overloaded: the predicted wait for the encoder is {wait * 1000:.0f} ms (its "
+                f"first batch done in {(wait + first) * 1000:.0f} ms), over the "
+                f"{self.max_wait_s * 1000:.0f} ms limit (batching.max_queue_wait_ms); "
                 "retry with backoff or on another replica"
             )
         if deadline is not None:

@@ -407,10 +407,10 @@ class DynamicBatcher:
         queued behind whatever arrives meanwhile (see "Fairness" above)."""
         waiting = [r for owner in self._backlogs for r in owner.waiting]
         tokens = self._pending_tokens - sum(r.bucket for r in waiting) + self._executing_tokens
-        # one bucket's queue is taken in batches of its own limit; buckets are not mixed
-        # (where merging mixes them, the calibration of the prediction sees fewer batches)
-        batches = sum(-(-len(q) // self.batch_limit(key)) for key, q in self._queues.items())
-        return tokens, self._executing + batches
+        queued = self._pending - len(waiting)
+        # the fewest batches they can take; how many more the buckets, the token budget and
+        # merging make is left to the calibration of the prediction (admission.py)
+        return tokens, self._executing + -(-queued // self.max_batch_size)
 
     def precheck(self, deadline: float | None) -> None:
         """Refuse now, before any work on the request (tokenizing it), when the queue alone
@@ -418,7 +418,8 @@ class DynamicBatcher:
         exceeds ``max_queue_wait_ms`` or the deadline. Under overload a refusal then costs
         almost nothing, so the capacity goes to the requests that are admitted."""
         self._require_running()
-        self._check_time(0, 0, 1, time.monotonic(), deadline)
+        # its own first batch is at least one sequence of the smallest bucket
+        self._check_time(self.length_buckets[0], 1, 1, time.monotonic(), deadline)
 
     def _require_running(self) -> None:
         if self._state != "running":

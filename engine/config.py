@@ -181,11 +181,11 @@ class BackendConfig(_Section):
     speed_check_rounds: int = Field(3, ge=0, le=100)
     #: None = the CPUs actually available to this process (affinity / cgroup quota).
     intra_op_threads: int | None = Field(None, ge=1)
-    #: Let ONNX Runtime's intra-op threads spin (busy-wait) between parallel sections. Off by
-    #: default: a server has other busy threads (the event loop, tokenizing, scoring) and
-    #: spinning threads take their cores — on two cores, spinning off served 10-20 % more
-    #: requests per second at saturation and ~7 % more under 3x overload (docs/operations.md).
-    allow_spinning: bool = False
+    #: Let ONNX Runtime's intra-op threads spin (busy-wait) between parallel sections (its
+    #: default). Off, they sleep instead: the encoder alone is 4-15 % slower on two cores, and
+    #: the server then uses a third less CPU at the same throughput — the cores go to other
+    #: processes on the machine (docs/operations.md).
+    allow_spinning: bool = True
     gpu: GpuConfig = Field(default_factory=GpuConfig)
 
 
@@ -197,10 +197,11 @@ class BatchingConfig(_Section):
     max_queue_size: int = Field(1024, ge=1)
     #: The largest share of the queue one request may take (others keep being served).
     max_request_share: float = Field(0.25, gt=0, le=1)
-    #: Admission by time: a request whose predicted wait for the encoder (queued tokens x
-    #: measured cost per token) exceeds this, or that would miss its own deadline, is refused
-    #: at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
-    max_queue_wait_ms: float | None = Field(500.0, gt=0)
+    #: Admission by time: a request whose predicted wait for the encoder plus its first batch
+    #: (queued tokens x measured cost per token, scaled by how much longer admitted requests
+    #: really waited, 90th percentile) exceeds this, or that would miss its own deadline, is
+    #: refused at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
+    max_queue_wait_ms: float | None = Field(750.0, gt=0)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)

@@ -10,6 +10,8 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
 - ``explorank_cache_entries{cache}`` / ``explorank_cache_bytes{cache}`` /
   ``explorank_cache_budget_bytes{cache}``                 user / item / event caches: what
   they hold now (bytes as the budget counts them) against their budget
+- ``explorank_admission_wait_factor``                    measured / predicted encoder wait
+  (admission by time calibrates its predictions by it)
 - ``process_resident_memory_bytes`` and the other ``process_*`` metrics (Linux)
 - ``explorank_queue_rejections_total`` / ``explorank_deadline_drops_total``
 - ``explorank_encoder_precision{precision}``              1 for the precision being served
@@ -117,7 +119,18 @@ class EngineMetrics:
         self.cache_budget = Gauge(
             "explorank_cache_budget_bytes", "Byte budget of a cache", ["cache"], registry=r
         )
+        self.admission_factor = Gauge(
+            "explorank_admission_wait_factor",
+            "Measured / predicted encoder queue wait: the admission's calibration factor",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)
+
+    def watch_admission(self, get: Callable[[], Any]) -> None:
+        """Report the calibration factor of the admission ``get()`` returns (None: NaN)."""
+        self.admission_factor.set_function(
+            lambda: float("nan") if (a := get()) is None else float(a.calibration.factor)
+        )
 
     def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:
         """Report each cache (an :class:`~explorank.engine.cache.LRUCache`, looked up when

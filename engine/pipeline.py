@@ -146,6 +146,7 @@ class Engine:
                 "event": lambda: self.events.cache,
             }
         )
+        self.metrics.watch_admission(lambda: getattr(self.gen.embedder.batcher, "admission", None))
         self.ready = False
         self.accepting = True
         self._tasks: list[asyncio.Task[Any]] = []

@@ -41,18 +41,23 @@ def test_service_time_fits_overhead_and_cost_per_token() -> None:
     assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
 
 
-def test_wait_calibration_is_the_measured_ratio_within_bounds() -> None:
-    cal = WaitCalibration(alpha=0.1, lo=0.5, hi=4.0, min_predicted_s=0.005)
+def test_wait_calibration_is_a_high_quantile_of_the_ratio_within_bounds() -> None:
+    cal = WaitCalibration(window=100, quantile=0.9, lo=0.5, hi=4.0, min_samples=10)
     assert cal.factor == 1.0  # nothing measured
     cal.observe(0.001, 0.5)  # predicted under 5 ms: says nothing about the scale
     assert cal.factor == 1.0 and cal.observed == 0
-    for _ in range(50):
+    for _ in range(9):
         cal.observe(0.1, 0.2)
+    assert cal.factor == 1.0  # fewer than min_samples
+    cal.observe(0.1, 0.2)
     assert cal.factor == pytest.approx(2.0)
-    for _ in range(400):
-        cal.observe(0.1, 0.05)  # the prediction now overestimates: factor follows down
-    assert cal.factor == pytest.approx(0.5)
-    for _ in range(400):
+    for i in range(1, 101):  # ratios 0.02 ... 2.0 fill the window
+        cal.observe(0.1, 0.1 * i / 50)
+    assert cal.factor == pytest.approx(91 / 50)  # the 90th percentile, not the mean (1.01)
+    for _ in range(100):
+        cal.observe(0.1, 0.01)  # the prediction now overestimates: the factor follows down
+    assert cal.factor == 0.5  # bounded
+    for _ in range(100):
         cal.observe(0.1, 10.0)
     assert cal.factor == 4.0  # bounded
     with pytest.raises(ValueError):
@@ -270,46 +275,20 @@ def test_the_batcher_calibrates_its_predictions_from_the_waits_it_sees() -> None
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
-        b = await _started_batcher(enc, max_queue_wait_ms=10_000)
+        b = await _started_batcher(enc, max_queue_wait_ms=200)
         b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
         busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
         await wait_until(enc.entered.is_set)
-        queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(8)]
+        # request k is predicted to wait 2 + 4k ms (all under the 200 ms limit)
+        queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(30)]
         await asyncio.sleep(0.3)  # the batch computing takes 300 ms, not 4
         assert b.admission.calibration.factor == 1.0
         enc.gate.set()
         await asyncio.gather(busy, *queued)
         cal = b.admission.calibration
-        # the first one was predicted to wait 2 ms (under the 5 ms the calibration uses)
-        assert cal.observed == 7 and cal.factor > 1.5
-        await b.stop()
-
-    run(main)
-
-
-def test_ahead_counts_one_batch_per_length_bucket() -> None:
-    """Buckets are not mixed (bucket merging does not pay for a CPU-like cost model), so
-    three requests in three buckets are three batches ahead, not one."""
-    enc = FakeEncoder(gated=True)
-
-    async def main() -> None:
-        b = DynamicBatcher(
-            enc,
-            max_batch_size=4,
-            max_queue_delay_ms=0,
-            max_queue_wait_ms=10_000,
-            length_buckets=(16, 32, 64),
-        )
-        await b.start()
-        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
-        await wait_until(enc.entered.is_set)
-        queued = [asyncio.ensure_future(b.submit(np.arange(1, n))) for n in (9, 25, 50, 10, 11)]
-        await asyncio.sleep(0)
-        tokens, batches = b._ahead()
-        # computing: 1 batch of 8 padded tokens; queued: 3 x 16, 1 x 32, 1 x 64
-        assert tokens == 8 + 3 * 16 + 32 + 64 and batches == 1 + 3
-        enc.gate.set()
-        await asyncio.gather(busy, *queued)
+        # the calibration uses predicted waits of a tenth of the limit (20 ms) and more
+        assert cal.min_predicted_s == pytest.approx(0.02)
+        assert cal.observed == 25 and cal.factor > 1.5
         await b.stop()
 
     run(main)

@@ -200,7 +200,7 @@ def test_fp16_missing_the_check_serves_fp32_under_auto(tiny_fp16_bundle: Path) -
             precision="fp32",
             provider="auto",
             intra_op_threads=None,
-            allow_spinning=False,
+            allow_spinning=True,
             max_batch_size=32,
         )
     ]
