@@ -162,19 +162,14 @@ class Admission:
         wait = self.service.predict(ahead_tokens, ahead_batches) * self.calibration.factor
         if ahead_tokens == 0 or self.service.per_token is None:
             return wait
-        # the limit holds for the wait plus the request's first batch (a large request's
-        # later batches queue behind newer arrivals: see the batcher's "Fairness")
-        first = (
-            self.service.predict(-(-own_tokens // max(1, own_batches)), 1)
-            if own_tokens > 0
-            else 0.0
-        )
-        if self.max_wait_s is not None and wait + first > self.max_wait_s:
+        # the limit is for the wait alone: counting the request's own batches would refuse a
+        # large request (a full batch of long texts takes most of a second on two cores)
+        # whenever anything at all is queued
+        if self.max_wait_s is not None and wait > self.max_wait_s:
             self.rejected += 1
             raise ResourceExhaustedError(
-                f"overloaded: the predicted wait for the encoder is {wait * 1000:.0f} ms (its "
-                f"first batch done in {(wait + first) * 1000:.0f} ms), over the "
-                f"{self.max_wait_s * 1000:.0f} ms limit (batching.max_queue_wait_ms); "
+                f"overloaded: the predicted wait for the encoder is {wait * 1000:.0f} ms, over "
+                f"the {self.max_wait_s * 1000:.0f} ms limit (batching.max_queue_wait_ms); "
                 "retry with backoff or on another replica"
             )
         if deadline is not None:

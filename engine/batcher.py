@@ -418,7 +418,7 @@ class DynamicBatcher:
         exceeds ``max_queue_wait_ms`` or the deadline. Under overload a refusal then costs
         almost nothing, so the capacity goes to the requests that are admitted."""
         self._require_running()
-        # its own first batch is at least one sequence of the smallest bucket
+        # its own encoding (for the deadline rule) is at least one smallest-bucket sequence
         self._check_time(self.length_buckets[0], 1, 1, time.monotonic(), deadline)
 
     def _require_running(self) -> None:

@@ -197,9 +197,9 @@ class BatchingConfig(_Section):
     max_queue_size: int = Field(1024, ge=1)
     #: The largest share of the queue one request may take (others keep being served).
     max_request_share: float = Field(0.25, gt=0, le=1)
-    #: Admission by time: a request whose predicted wait for the encoder plus its first batch
-    #: (queued tokens x measured cost per token, scaled by how much longer admitted requests
-    #: really waited, 90th percentile) exceeds this, or that would miss its own deadline, is
+    #: Admission by time: a request whose predicted wait for the encoder (queued tokens x
+    #: measured cost per token, scaled by how much longer admitted requests really waited,
+    #: 90th percentile) exceeds this, or that would miss its own deadline, is
     #: refused at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
     max_queue_wait_ms: float | None = Field(750.0, gt=0)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays

@@ -97,6 +97,19 @@ def test_admission_scales_the_predicted_wait_by_the_calibration() -> None:
     )
 
 
+def test_the_limit_is_for_the_wait_not_for_a_large_requests_own_batches() -> None:
+    """A request of eight full batches (640 ms of its own work) behind 32 ms of queue is
+    admitted under a 250 ms limit: its own batches are its cost, not a wait; its deadline
+    still has to fit all of them."""
+    adm = Admission(max_wait_s=0.25)
+    adm.service.observe(0.032, 1000)  # 32 us per token
+    now = 100.0
+    wait = adm.check(ahead_tokens=1000, own_tokens=20_000, own_batches=8, now=now, deadline=None)
+    assert wait == pytest.approx(0.032)
+    with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
+        adm.check(ahead_tokens=1000, own_tokens=20_000, own_batches=8, now=now, deadline=now + 0.5)
+
+
 async def _started_batcher(enc: FakeEncoder, max_queue_wait_ms: float) -> DynamicBatcher:
     """Batches of 4, one 16-token bucket, no queue delay: the admission tests' batcher."""
     b = DynamicBatcher(
