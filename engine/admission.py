@@ -16,11 +16,12 @@ anything is measured, everything is admitted.
 
 The model predicts the encoder's own work; the real wait also holds what it does not see —
 gaps between batches while the event loop is busy, batches smaller than the largest (one per
-length bucket), cores shared with the rest of the process. Under overload on two cores the
-real wait was about twice the prediction, so admitted requests waited up to twice the limit.
-:class:`WaitCalibration` therefore compares each admitted request's predicted wait with the
-wait it then had and scales predictions by a high quantile of the measured ratio (bounded to
-[0.5, 4]).
+length bucket), cores shared with the rest of the process — and sometimes less (batches of
+several buckets merged). :class:`WaitCalibration` compares each admitted request's predicted
+wait with the wait it then had: the deadline rule uses the prediction scaled by the 90th
+percentile of that ratio; the ``max_queue_wait_ms`` limit only when it is below 1 (the model
+overestimates; see the class for why). The ratio is exported as
+``explorank_admission_wait_factor``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,15 @@ class WaitCalibration:
     the ratio measured / predicted over the last ``window`` admitted requests, bounded to
     ``[lo, hi]``; 1 until ``min_samples`` are measured. A high quantile, not the mean: the
     waits spread around the prediction (batches of other buckets first, batch times that
-    vary), and the limit should hold for most admitted requests, not for the average one.
+    vary), and a prediction is only lowered when even most real waits were shorter.
+
+    :class:`Admission` applies the factor in full only to the deadline rule (a request that
+    would time out is better refused) and to ``max_queue_wait_ms`` only below 1 (it lowers
+    predictions that were too long). Raising those too was tried: a small request that waits
+    behind one batch of a large request's (which the fairness rule puts ahead of it by
+    design) looks like a mispredicted wait, the factor went to its bound and one client
+    sending 255 new texts per request got the small clients 2,269 refusals in 10 s
+    (``bench serve --scenario greedy``; none without).
     Waits predicted shorter than ``min_predicted_s`` are not used (a request admitted into
     an empty queue tells nothing about the prediction's scale)."""
 
@@ -155,11 +164,17 @@ class Admission:
         deadline: float | None,
         ahead_batches: int = 1,
         own_batches: int = 1,
+        done_s: float = 0.0,
     ) -> float:
         """The predicted wait (s, calibrated) of a request with ``own_tokens`` behind
-        ``ahead_tokens`` (``ahead_batches`` batches' worth); raises :class:`ResourceExhaustedError` when it
-        must not be admitted."""
-        wait = self.service.predict(ahead_tokens, ahead_batches) * self.calibration.factor
+        ``ahead_tokens`` (``ahead_batches`` batches' worth), of which ``done_s`` seconds are
+        already done (the batch computing now started that long ago); raises
+        :class:`ResourceExhaustedError` when it must not be admitted."""
+        predicted = max(0.0, self.service.predict(ahead_tokens, ahead_batches) - done_s)
+        factor = self.calibration.factor
+        # the limit uses the model's wait, scaled down only; the deadline rule the calibrated
+        # one, up as well (see WaitCalibration for why)
+        wait = predicted * min(1.0, factor)
         if ahead_tokens == 0 or self.service.per_token is None:
             return wait
         # the limit is for the wait alone: counting the request's own batches would refuse a
@@ -173,14 +188,14 @@ class Admission:
                 "retry with backoff or on another replica"
             )
         if deadline is not None:
-            finish = now + wait + self.service.predict(own_tokens, own_batches)
+            finish = now + predicted * factor + self.service.predict(own_tokens, own_batches)
             # the encoder must be done within DEADLINE_SHARE of the time left: the rest is
             # for what follows it (scoring, the policy, logging the event, the response)
             if finish > now + DEADLINE_SHARE * (deadline - now):
                 self.rejected += 1
                 raise ResourceExhaustedError(
                     f"overloaded: the request's encoding would end {finish - now:.3f} s from "
-                    f"now (predicted encoder wait {wait * 1000:.0f} ms), too close to its "
+                    f"now (predicted encoder wait {predicted * factor * 1000:.0f} ms), too close to its "
                     f"deadline {deadline - now:.3f} s away; retry with backoff or a longer "
                     "deadline"
                 )

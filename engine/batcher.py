@@ -306,6 +306,8 @@ class DynamicBatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
         self._executing = 0
+        #: (monotonic start, padded tokens) of the batches handed to the executor
+        self._exec_started: list[tuple[float, int]] = []
         self._last_arrival: float | None = None
         self._arrival_gap: float | None = None
 
@@ -431,10 +433,15 @@ class DynamicBatcher:
         """Admission by time for ``n`` sequences of ``own_tokens`` padded tokens behind what
         is queued and computing; a refusal is counted and raised. Returns the predicted wait."""
         ahead_tokens, ahead_batches = self._ahead()
+        done = 0.0
+        if self._exec_started:  # the batch computing now is partly done already
+            start, tokens = self._exec_started[0]
+            done = min(now - start, self.admission.service.predict(tokens, 1))
         try:
             return self.admission.check(
                 ahead_tokens=ahead_tokens,
                 ahead_batches=ahead_batches,
+                done_s=done,
                 own_tokens=own_tokens,
                 own_batches=own_batches,
                 now=now,
@@ -745,6 +752,7 @@ class DynamicBatcher:
         longest = max(req.ids.shape[0] for req in reqs)
         length = min(length, -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE)
         self._executing_tokens += n * length
+        started: tuple[float, int] | None = None
         try:
             ids = np.full((n, length), self.pad_id, dtype=np.int64)
             mask = np.zeros((n, length), dtype=np.int64)
@@ -756,6 +764,8 @@ class DynamicBatcher:
                 real += k
             t0 = time.perf_counter()
             t0_ns = time.time_ns()
+            started = (time.monotonic(), n * length)
+            self._exec_started.append(started)
             try:
                 out = await self._loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
                 out = np.asarray(out)
@@ -793,6 +803,8 @@ class DynamicBatcher:
             if tracing.enabled():
                 _trace_encode(reqs, t0_ns, time.time_ns(), length, real)
         finally:
+            if started is not None:
+                self._exec_started.remove(started)
             self._executing_tokens -= n * length
             self._executing -= 1
             self._slots.release()

@@ -198,8 +198,8 @@ class BatchingConfig(_Section):
     #: The largest share of the queue one request may take (others keep being served).
     max_request_share: float = Field(0.25, gt=0, le=1)
     #: Admission by time: a request whose predicted wait for the encoder (queued tokens x
-    #: measured cost per token, scaled by how much longer admitted requests really waited,
-    #: 90th percentile) exceeds this, or that would miss its own deadline, is
+    #: measured cost per token, scaled down when admitted requests really waited less; keep
+    #: it above one full batch's time) exceeds this, or that would miss its own deadline, is
     #: refused at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
     max_queue_wait_ms: float | None = Field(750.0, gt=0)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays

@@ -81,19 +81,28 @@ def test_wait_calibration_factor_stays_within_its_bounds(pairs: list[tuple[float
         assert cal.lo <= cal.factor <= cal.hi
 
 
-def test_admission_scales_the_predicted_wait_by_the_calibration() -> None:
+def test_calibration_scales_the_limit_down_and_the_deadline_rule_both_ways() -> None:
     adm = Admission(max_wait_s=0.25)
     adm.service.observe(0.032, 1000)  # 32 us per token
     now = 100.0
+    with pytest.raises(ResourceExhaustedError, match="predicted wait for the encoder is 320 ms"):
+        adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)
+    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.35) > 0
+    for _ in range(200):  # real waits were twice the predicted ones
+        adm.calibration.observe(0.1, 0.2)
+    assert adm.calibration.factor == pytest.approx(2.0)
+    # the limit is not scaled up ...
     assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None) == pytest.approx(
         0.16
     )
-    for _ in range(200):  # real waits were twice the predicted ones
-        adm.calibration.observe(0.1, 0.2)
-    with pytest.raises(ResourceExhaustedError, match="predicted wait for the encoder is 320 ms"):
-        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=None)
-    assert adm.check(ahead_tokens=3000, own_tokens=64, now=now, deadline=None) == pytest.approx(
-        0.192
+    # ... the deadline rule is: 2 x 160 ms + 2 ms of its own > 80 % of 350 ms
+    with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
+        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.35)
+    for _ in range(200):  # real waits were half the predicted ones: scaled down
+        adm.calibration.observe(0.1, 0.05)
+    assert adm.calibration.factor == pytest.approx(0.5)
+    assert adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None) == pytest.approx(
+        0.16
     )
 
 
@@ -203,6 +212,29 @@ def test_precheck_refuses_before_any_work_when_the_queue_rules_a_request_out() -
     run(main)
 
 
+def test_the_batch_computing_counts_only_its_remaining_time() -> None:
+    """A batch predicted to take 100 ms that started 60 ms ago leaves at most 40 ms of wait;
+    one past its prediction leaves none (not the whole batch again)."""
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = await _started_batcher(enc, max_queue_wait_ms=1000)
+        b.admission.service.observe(0.1, 8)  # the 8-token batch below: 100 ms
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        assert b._check_time(16, 1, 1, time.monotonic(), None) <= 0.1
+        await asyncio.sleep(0.06)
+        assert b._check_time(16, 1, 1, time.monotonic(), None) <= 0.1 - 0.06 + 1e-9
+        await asyncio.sleep(0.06)
+        assert b._check_time(16, 1, 1, time.monotonic(), None) == 0.0
+        enc.gate.set()
+        await busy
+        assert b._exec_started == []
+        await b.stop()
+
+    run(main)
+
+
 def test_a_large_requests_backlog_does_not_count_as_ahead_of_a_new_request() -> None:
     """32 sequences enter the queue 4 at a time; a request arriving now waits for the 4
     queued (and the batch being computed), not for all 32: it is admitted under a limit
@@ -282,26 +314,31 @@ def test_cancelled_large_request_leaves_no_backlog() -> None:
 
 
 def test_the_batcher_calibrates_its_predictions_from_the_waits_it_sees() -> None:
-    """A batch that takes far longer than the cost model said (a stalled backend, a busy
-    machine) makes the queued requests wait longer than predicted: the calibration factor
-    rises, so the next predictions are longer."""
+    """A cost model that says 40 ms per sequence for an encoder that takes almost nothing:
+    the queued requests wait far less than predicted, the factor goes to its lower bound and
+    the next predictions are shorter (a stalled batch, the other way round, does not raise
+    them: see WaitCalibration)."""
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
-        b = await _started_batcher(enc, max_queue_wait_ms=200)
-        b.admission.service.observe(0.016, 64)  # 4 ms per 16-token sequence
+        b = await _started_batcher(enc, max_queue_wait_ms=2000)
+        b.admission.service.observe(0.16, 64)  # 40 ms per 16-token sequence
         busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
         await wait_until(enc.entered.is_set)
-        # request k is predicted to wait 2 + 4k ms (all under the 200 ms limit)
+        # request k is predicted to wait 20 + 40k ms (all under the 2 s limit)
         queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(30)]
-        await asyncio.sleep(0.3)  # the batch computing takes 300 ms, not 4
-        assert b.admission.calibration.factor == 1.0
+        await asyncio.sleep(0)
+        tokens, batches = b._ahead()
         enc.gate.set()
         await asyncio.gather(busy, *queued)
         cal = b.admission.calibration
-        # the calibration uses predicted waits of a tenth of the limit (20 ms) and more
-        assert cal.min_predicted_s == pytest.approx(0.02)
-        assert cal.observed == 25 and cal.factor > 1.5
+        # the calibration uses predicted waits of a tenth of the limit (200 ms) and more
+        assert cal.min_predicted_s == pytest.approx(0.2)
+        assert cal.observed == 25 and cal.factor == 0.5
+        wait = b.admission.check(
+            ahead_tokens=tokens, ahead_batches=batches, own_tokens=16, now=0.0, deadline=None
+        )
+        assert wait == pytest.approx(0.5 * b.admission.service.predict(tokens, batches))
         await b.stop()
 
     run(main)
