@@ -81,16 +81,15 @@ class WaitCalibration:
     the ratio measured / predicted over the last ``window`` admitted requests, bounded to
     ``[lo, hi]``; 1 until ``min_samples`` are measured. A high quantile, not the mean: the
     waits spread around the prediction (batches of other buckets first, batch times that
-    vary), and a prediction is only lowered when even most real waits were shorter.
+    vary), and the deadline rule should hold for most admitted requests, not the average one.
 
-    :class:`Admission` applies the factor in full only to the deadline rule (a request that
-    would time out is better refused) and to ``max_queue_wait_ms`` only below 1 (it lowers
-    predictions that were too long). Raising those too was tried: a small request that waits
-    behind one batch of a large request's (which the fairness rule puts ahead of it by
-    design) looks like a mispredicted wait, the factor went to its bound and one client
-    sending 255 new texts per request got the small clients 2,269 refusals in 10 s
-    (``bench serve --scenario greedy``; none without).
-    Waits predicted shorter than ``min_predicted_s`` are not used (a request admitted into
+    :class:`Admission` applies the factor in full to the deadline rule (a request that would
+    time out is better refused) and to ``max_queue_wait_ms`` only below 1 (it lowers
+    predictions that were too long). Raising the limit's prediction too was tried: a small
+    request that waits behind one batch of a large request's (which the fairness rule puts
+    ahead of it by design) looks like a mispredicted wait, the factor went to its bound and
+    one client sending 255 new texts per request got the small clients 2,269 refusals in
+    10 s (``bench serve --scenario greedy``; none without). Waits predicted shorter than ``min_predicted_s`` are not used (a request admitted into
     an empty queue tells nothing about the prediction's scale)."""
 
     def __init__(

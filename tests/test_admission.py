@@ -316,8 +316,8 @@ def test_cancelled_large_request_leaves_no_backlog() -> None:
 def test_the_batcher_calibrates_its_predictions_from_the_waits_it_sees() -> None:
     """A cost model that says 40 ms per sequence for an encoder that takes almost nothing:
     the queued requests wait far less than predicted, the factor goes to its lower bound and
-    the next predictions are shorter (a stalled batch, the other way round, does not raise
-    them: see WaitCalibration)."""
+    the next predictions are shorter (a stalled batch, the other way round, raises the
+    factor: then only the deadline rule uses it, see WaitCalibration)."""
     enc = FakeEncoder(gated=True)
 
     async def main() -> None:
