@@ -89,8 +89,12 @@ class WaitCalibration:
     request that waits behind one batch of a large request's (which the fairness rule puts
     ahead of it by design) looks like a mispredicted wait, the factor went to its bound and
     one client sending 255 new texts per request got the small clients 2,269 refusals in
-    10 s (``bench serve --scenario greedy``; none without). Waits predicted shorter than ``min_predicted_s`` are not used (a request admitted into
-    an empty queue tells nothing about the prediction's scale)."""
+    10 s (``bench serve --scenario greedy``; none without).
+
+    The ratios are of the cost model's own predictions (never of calibrated ones, which would
+    feed the factor back into what it measures). Waits predicted shorter than
+    ``min_predicted_s`` are not used (a request admitted into an empty queue tells nothing
+    about the prediction's scale)."""
 
     def __init__(
         self,
@@ -154,6 +158,11 @@ class Admission:
         )
         self.rejected = 0
 
+    def predict_wait(self, ahead_tokens: int, ahead_batches: int = 1, done_s: float = 0.0) -> float:
+        """The cost model's wait (s, uncalibrated) behind ``ahead_tokens`` in ``ahead_batches``
+        batches, of which ``done_s`` seconds are already done."""
+        return max(0.0, self.service.predict(ahead_tokens, ahead_batches) - done_s)
+
     def check(
         self,
         *,
@@ -169,7 +178,7 @@ class Admission:
         ``ahead_tokens`` (``ahead_batches`` batches' worth), of which ``done_s`` seconds are
         already done (the batch computing now started that long ago); raises
         :class:`ResourceExhaustedError` when it must not be admitted."""
-        predicted = max(0.0, self.service.predict(ahead_tokens, ahead_batches) - done_s)
+        predicted = self.predict_wait(ahead_tokens, ahead_batches, done_s)
         factor = self.calibration.factor
         # the limit uses the model's wait, scaled down only; the deadline rule the calibrated
         # one, up as well (see WaitCalibration for why)

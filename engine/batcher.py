@@ -431,14 +431,16 @@ class DynamicBatcher:
         self, own_tokens: int, own_batches: int, n: int, now: float, deadline: float | None
     ) -> float:
         """Admission by time for ``n`` sequences of ``own_tokens`` padded tokens behind what
-        is queued and computing; a refusal is counted and raised. Returns the predicted wait."""
+        is queued and computing; a refusal is counted and raised. Returns the cost model's
+        own (uncalibrated) prediction of the wait: the calibration compares that one with the
+        real wait, so that its factor never feeds back into what it measures."""
         ahead_tokens, ahead_batches = self._ahead()
         done = 0.0
         if self._exec_started:  # the batch computing now is partly done already
             start, tokens = self._exec_started[0]
             done = min(now - start, self.admission.service.predict(tokens, 1))
         try:
-            return self.admission.check(
+            self.admission.check(
                 ahead_tokens=ahead_tokens,
                 ahead_batches=ahead_batches,
                 done_s=done,
@@ -451,6 +453,7 @@ class DynamicBatcher:
             self.stats.rejected_overflow += n
             self._observe_dropped("overflow", n)
             raise
+        return self.admission.predict_wait(ahead_tokens, ahead_batches, done)
 
     def _admit(self, arrays: list[np.ndarray], deadline: float | None) -> list[_Request]:
         self._require_running()

@@ -272,12 +272,18 @@ class Embedder:
         rows = [catalog.index[h] for h in history_item_ids if h in catalog.index]
         return history_vector(catalog.embeddings[rows], self.history_half_life)
 
+    def _uses_history(self, req: RankInput) -> bool:
+        """True when the user vector of ``req`` includes its history's catalog embeddings."""
+        return self.user_representation != "text" and bool(req.history_item_ids)
+
     def _user_text(self, req: RankInput, text: str) -> str | None:
-        """The text :meth:`user_vector` encodes for ``req``; None when it encodes none."""
-        mode = self.user_representation
-        if mode == "text" or not req.history_item_ids:
-            return text if mode == "text" else req.context_text
-        if mode == "history" or not req.context_text.strip():
+        """The text :meth:`user_vector` encodes for ``req`` (``text``: the full user context
+        text); None when it encodes none."""
+        if self.user_representation == "text":
+            return text
+        if not self._uses_history(req):
+            return req.context_text
+        if self.user_representation == "history" or not req.context_text.strip():
             return None
         return req.context_text
 
@@ -291,13 +297,13 @@ class Embedder:
     async def user_vector(self, req: RankInput, text: str, deadline: float | None) -> np.ndarray:
         """The user vector of ``req`` under ``ranking.user_representation`` (``text`` is the
         full user context text, :meth:`context_text`)."""
-        mode = self.user_representation
-        if mode == "text" or not req.history_item_ids:
-            return await self.user_embedding(text if mode == "text" else req.context_text, deadline)
+        user_text = self._user_text(req, text)
+        if not self._uses_history(req):
+            return await self.user_embedding(user_text or "", deadline)
         hist = self.history_embedding(req.history_item_ids)
-        if mode == "history" or not req.context_text.strip():
+        if user_text is None:
             return hist
-        return combine(hist, await self.user_embedding(req.context_text, deadline))
+        return combine(hist, await self.user_embedding(user_text, deadline))
 
     async def embed(
         self, req: RankInput, text: str, deadline: float | None

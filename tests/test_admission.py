@@ -344,6 +344,34 @@ def test_the_batcher_calibrates_its_predictions_from_the_waits_it_sees() -> None
     run(main)
 
 
+def test_requests_record_the_models_prediction_not_the_calibrated_one() -> None:
+    """The calibration compares real waits with the cost model's own predictions; were it
+    fed its scaled ones, a factor of 0.5 would make the next ratios look twice as large and
+    pull the factor back up (feedback)."""
+    enc = FakeEncoder(gated=True)
+
+    async def main() -> None:
+        b = await _started_batcher(enc, max_queue_wait_ms=2000)
+        b.admission.service.observe(0.16, 64)  # 40 ms per 16-token sequence
+        for _ in range(100):
+            b.admission.calibration.observe(0.4, 0.2)
+        assert b.admission.calibration.factor == pytest.approx(0.5)
+        busy = asyncio.ensure_future(b.submit(np.arange(1, 9)))
+        await wait_until(enc.entered.is_set)
+        queued = [asyncio.ensure_future(b.submit(np.arange(1, 9))) for _ in range(8)]
+        await asyncio.sleep(0)
+        tokens, batches = b._ahead()
+        model = b.admission.service.predict(tokens, batches)
+        assert b._check_time(16, 1, 1, time.monotonic(), None) == pytest.approx(model, abs=0.01)
+        last = b._queues[16][-1]
+        assert last.predicted_wait is not None and last.predicted_wait > 0.6 * model
+        enc.gate.set()
+        await asyncio.gather(busy, *queued)
+        await b.stop()
+
+    run(main)
+
+
 def test_a_refused_rank_does_no_work_on_its_candidates(tiny_bundle: Path, tmp_path: Path) -> None:
     """Under overload the encoder refuses a Rank whose user context is not cached before the
     candidates are looked up; a Rank whose context is cached needs no encoder and is served."""
