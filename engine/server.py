@@ -24,6 +24,7 @@ from explorank.engine.pipeline import Engine
 from explorank.engine.ports import GRPC_PORT_SETTING, METRICS_PORT_SETTING, bind_error, port_error
 from explorank.engine.requests import CandidateInput, RankInput, RankOutput
 from explorank.engine.security import ServerSecurity
+from explorank.engine.workers import worker_identity
 from explorank.errors import ConfigError, InvalidArgumentError, redact
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -242,7 +243,10 @@ class RankerServicer(_Servicer, ranker_pb2_grpc.RankerServicer):
             info["unavailable_plugins"] = [
                 ranker_pb2.PluginProblem(**p) for p in info.pop("unavailable_plugins")
             ]
-            return ranker_pb2.GetInfoResponse(batching=batching, **info)
+            index, count = worker_identity() or (0, 1)
+            return ranker_pb2.GetInfoResponse(
+                batching=batching, worker_index=index, worker_count=count, **info
+            )
 
         return await self._call("GetInfo", context, request, run)
 

@@ -263,6 +263,7 @@ def test_get_info_reports_backend(stub: ranker_pb2_grpc.RankerStub) -> None:
     assert {"mf", "neural"} <= set(info.scorers)
     assert info.batching.max_batch_size == 16
     assert info.catalog_size > 0 and info.embedding_dim > 0
+    assert (info.worker_index, info.worker_count) == (0, 1)  # not a `serve --workers` process
 
 
 def test_metrics_endpoint(srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub) -> None:

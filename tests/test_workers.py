@@ -4,6 +4,7 @@ all of them, a killed worker is restarted, SIGTERM stops the group."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from explorank.benchmarks.latency.connections import Connections, open_connections
 from explorank.engine.workers import cpu_shares, merge_metrics, worker_identity
 from explorank.errors import ConfigError
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
@@ -93,6 +95,22 @@ def _fresh_stub(address: str) -> tuple[grpc.Channel, ranker_pb2_grpc.RankerStub]
     return channel, ranker_pb2_grpc.RankerStub(channel)
 
 
+async def _balanced(address: str, count: int) -> tuple[Connections, list[int]]:
+    """open_connections, plus which worker answers a GetInfo on each channel in order."""
+    conns = await open_connections(address, count, timeout_s=30)
+    try:
+        answered = []
+        for channel in conns.channels:
+            info = await ranker_pb2_grpc.RankerStub(channel).GetInfo(
+                ranker_pb2.GetInfoRequest(), timeout=30
+            )
+            assert info.worker_count == 2
+            answered.append(info.worker_index)
+        return conns, answered
+    finally:
+        await conns.close()
+
+
 def _worker_pids(output: str) -> dict[int, int]:
     pids: dict[int, int] = {}
     for m in re.finditer(r"worker (\d+): pid (\d+)", output):
@@ -141,6 +159,11 @@ def test_two_workers_share_the_port_and_the_store(tiny_bundle: Path, tmp_path: P
         counts = _counts_by_worker(text)
         assert set(counts) == {"0", "1"} and sum(counts.values()) == 24, counts
         assert 'explorank_worker_up{worker="0"} 1' in text
+        # GetInfo says which worker a connection reached; the benchmark's connections use it
+        # to load both workers equally (calls alternate workers round-robin over the list)
+        conns, answered = asyncio.run(_balanced(srv.address, 4))
+        assert conns.workers == 2 and conns.per_worker == {0: 2, 1: 2}, conns.describe()
+        assert answered == [0, 1, 0, 1]
         # a catalog change made on one worker reaches the other
         channel = grpc.insecure_channel(srv.address)
         with channel:

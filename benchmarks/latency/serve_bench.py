@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import random
 import shutil
 import sys
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from explorank.benchmarks.latency.connections import open_connections
 from explorank.benchmarks.latency.encoder_bench import (
     catalog_token_stream,
     make_inputs,
@@ -108,6 +110,8 @@ class ServeBenchConfig:
     unique_contexts: bool = True
     reward_fraction: float = 0.0
     max_in_flight: int = 512
+    #: client connections of the sweep, spread evenly over `serve --workers` processes
+    connections: int = 8
     threads: int | None = None
     seed: int = 0
     startup_timeout_s: float = 180.0
@@ -171,6 +175,10 @@ class ServeBenchConfig:
             )
         if self.max_requests < 1:
             raise InvalidArgumentError("--max-requests", f"must be >= 1, got {self.max_requests}")
+        if not 1 <= self.connections <= 256:
+            raise InvalidArgumentError(
+                "--connections", f"must be in 1..256, got {self.connections}"
+            )
         if not 0.0 <= self.reward_fraction <= 1.0:
             raise InvalidArgumentError(
                 "--reward-fraction", f"must be in [0, 1], got {self.reward_fraction}"
@@ -254,24 +262,32 @@ async def _measure_target(
     rates_for: Callable[[list[dict[str, Any]]], list[float]],
     progress: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    import grpc
-
     import explorank.oip as oip
     from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 
     rows: list[dict[str, Any]] = []
     reward_rng = random.Random(cfg.seed)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = ranker_pb2_grpc.RankerStub(channel)
-        infer = oip.stub(channel).ModelInfer
+    conns = await open_connections(
+        address, cfg.connections, timeout_s=cfg.timeout_s, progress=progress
+    )
+    if conns.workers > 1:
+        progress(
+            f"{name}: {len(conns.channels)} connections over {conns.workers} workers "
+            f"({conns.describe()['per_worker']} per worker; {conns.opened} opened)"
+        )
+    try:
+        stubs = [ranker_pb2_grpc.RankerStub(c) for c in conns.channels]
+        infers = [oip.stub(c).ModelInfer for c in conns.channels]
+        turn = itertools.count()
         convert: Callable[[Any], Any] = (
             (lambda req: oip_request(req, cfg.oip_model)) if cfg.api == "oip" else (lambda r: r)
         )
 
         def send(req: Any) -> Any:
+            i = next(turn) % len(stubs)  # round-robin: the channels alternate workers
             if cfg.api == "oip":
-                return infer(req, timeout=cfg.timeout_s)
-            return stub.Rank(req, timeout=cfg.timeout_s)
+                return infers[i](req, timeout=cfg.timeout_s)
+            return stubs[i].Rank(req, timeout=cfg.timeout_s)
 
         async def reward(req: Any, resp: Any) -> bool:
             if cfg.api == "oip":
@@ -283,7 +299,7 @@ async def _measure_target(
                 event_id, items = resp.event_id, [i.item_id for i in resp.items]
             if not items or reward_rng.random() >= cfg.reward_fraction:
                 return False
-            await stub.Reward(
+            await stubs[next(turn) % len(stubs)].Reward(
                 ranker_pb2.RewardRequest(event_id=event_id, item_id=items[0], value=1.0),
                 timeout=cfg.timeout_s,
             )
@@ -342,7 +358,7 @@ async def _measure_target(
             }
             if before is not None and metrics_url:
                 stats = window_stats(before, scrape_metrics(metrics_url))
-            row = {"target": name, **res.summary(), **stats}
+            row = {"target": name, **res.summary(), **stats, "connections": conns.describe()}
             rows.append(row)
             load = f"c={int(value)}" if kind == "c" else f"rate={value:g}/s"
             progress(
@@ -356,6 +372,8 @@ async def _measure_target(
             await point("c", c)
         for r in rates_for(rows):
             await point("r", r)
+    finally:
+        await conns.close()
     return rows
 
 

@@ -40,6 +40,7 @@ _SERVE_FLAGS = (
     "duration",
     "candidates",
     "max_requests",
+    "connections",
     "timeout",
     "repeat_contexts",
     "reward_fraction",
@@ -170,6 +171,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--candidates", type=int, help="catalog candidates per request (default 100)")
     srv.add_argument("--max-requests", type=int, help="request cap per load point (default 100000)")
     srv.add_argument("--timeout", type=float, help="per-request deadline in seconds (default 10)")
+    srv.add_argument(
+        "--connections",
+        type=int,
+        help="the sweep's client connections, the same number on each `serve --workers` process "
+        "(asked with GetInfo; one connection reaches one worker) (default 8)",
+    )
     srv.add_argument(
         "--repeat-contexts",
         action="store_true",
@@ -320,6 +327,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         candidates=args.candidates,
         max_requests=args.max_requests,
+        connections=args.connections,
         timeout_s=args.timeout,
         reward_fraction=args.reward_fraction,
         threads=args.threads,

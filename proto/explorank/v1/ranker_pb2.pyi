@@ -151,7 +151,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., length_buckets: _Optional[_Iterable[int]] = ..., max_queue_wait_ms: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate", "unavailable_plugins")
+    __slots__ = ("model_name", "model_version", "embedding_dim", "max_seq_length", "backend", "execution_provider", "precision", "scorers", "policies", "default_scorer", "default_policy", "batching", "catalog_size", "state_store", "version", "precision_reason", "int8_gate", "unavailable_plugins", "worker_index", "worker_count")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,8 @@ class GetInfoResponse(_message.Message):
     PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     INT8_GATE_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WORKER_COUNT_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     embedding_dim: int
@@ -188,7 +190,9 @@ class GetInfoResponse(_message.Message):
     precision_reason: str
     int8_gate: Int8Gate
     unavailable_plugins: _containers.RepeatedCompositeFieldContainer[PluginProblem]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ..., precision_reason: _Optional[str] = ..., int8_gate: _Optional[_Union[Int8Gate, _Mapping]] = ..., unavailable_plugins: _Optional[_Iterable[_Union[PluginProblem, _Mapping]]] = ...) -> None: ...
+    worker_index: int
+    worker_count: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., scorers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., default_scorer: _Optional[str] = ..., default_policy: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., catalog_size: _Optional[int] = ..., state_store: _Optional[str] = ..., version: _Optional[str] = ..., precision_reason: _Optional[str] = ..., int8_gate: _Optional[_Union[Int8Gate, _Mapping]] = ..., unavailable_plugins: _Optional[_Iterable[_Union[PluginProblem, _Mapping]]] = ..., worker_index: _Optional[int] = ..., worker_count: _Optional[int] = ...) -> None: ...
 
 class PluginProblem(_message.Message):
     __slots__ = ("kind", "name", "error")
