@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explorank.engine import generation
+from explorank.engine import generation, heap
 from explorank.engine.bundle import load_bundle
 from explorank.engine.catalog import Catalog
 from explorank.engine.requests import validate_catalog_item
@@ -80,6 +80,7 @@ class LiveChanges:
             seconds = time.perf_counter() - t0
             log.info("reload: %s", generation.describe_swap(old, new, seconds))
             await old.close(self.engine.config.server.grace_s)
+            heap.refreeze()  # a no-op unless `serve` froze the start-up heap
             return {
                 "model_version": new.bundle.model_version,
                 "previous_version": old.bundle.model_version,

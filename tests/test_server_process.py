@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import signal
 import sqlite3
 import threading
@@ -33,6 +34,8 @@ def test_sigterm_graceful_shutdown(tiny_bundle: Path, tmp_path: Path) -> None:
         server.proc.wait(30)
         assert server.proc.returncode == 0, server.output()
         assert "stopped" in server.output()
+        # `serve` froze its start-up heap once it served (server.gc_freeze, on by default)
+        assert re.search(r"gc: [1-9]\d* start-up objects frozen", server.output())
     finally:
         server.kill()
 

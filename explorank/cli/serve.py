@@ -186,7 +186,7 @@ def onnxruntime_conflict(installed: Sequence[str] | None = None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorank.engine import logformat, tracing
+    from explorank.engine import heap, logformat, tracing
     from explorank.engine.config import load_config
     from explorank.engine.default_bundle import ensure_default_bundle
     from explorank.engine.pipeline import Engine
@@ -240,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         except BaseException:
             await server.stop(0)
             raise
+        if config.server.gc_freeze:
+            heap.freeze()
         if args.port_file:
             args.port_file.write_text(str(port))
         if config.server.log_format == "text":  # in JSON mode the SERVING log line says it
