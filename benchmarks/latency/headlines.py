@@ -96,6 +96,8 @@ def serve_headline(
         "explorank_vs_peer_throughput": ratio(ex, peer),
         "explorank_p99_ms": ex["p99_ms"] if ex else None,
         "peer_p99_ms": peer["p99_ms"] if peer else None,
+        "explorank_vs_triton_throughput": ratio(ex, at.get("triton-peer")),
+        "triton_p99_ms": at["triton-peer"]["p99_ms"] if "triton-peer" in at else None,
         "batching_on_vs_off": ratio(ex, nb),
         "padding_efficiency": ex["padding_efficiency"] if ex else None,
         "single_client_p50_ms": single_p50,

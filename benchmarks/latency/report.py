@@ -269,6 +269,12 @@ def serve_markdown(report: dict[str, Any], command: str = "") -> str:
         f"{_fmt(h.get('encoder_batch1_p50_ms'))} ms at seq {h.get('encoder_seq_len')} = "
         f"**{_fmt(h.get('single_client_overhead_ms'))} ms**",
     ]
+    if h.get("explorank_vs_triton_throughput") is not None:
+        lines.append(
+            f"- explorank vs Triton peer (dynamic batching, same INT8 encoder) throughput at "
+            f"concurrency {h.get('concurrency')}: **{_fmt(h.get('explorank_vs_triton_throughput'))}×**; "
+            f"p99 {_fmt(h.get('explorank_p99_ms'), 1)} ms vs {_fmt(h.get('triton_p99_ms'), 1)} ms"
+        )
     if h.get("history_p50_ms") is not None:
         lines.append(
             f"- users as history ids (explorank-history, no encoder call) vs as text: "

@@ -64,6 +64,7 @@ from explorank.benchmarks.latency.serve_procs import (
     free_port,
     peer_command,
     scrape_metrics,
+    triton_peer_command,
     window_stats,
 )
 from explorank.benchmarks.latency.soak import run_soak
@@ -71,9 +72,11 @@ from explorank.errors import ExplorankError, InvalidArgumentError
 
 __all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
 
-TARGETS = ("explorank", "explorank-nobatch", "torch-peer", "explorank-history")
+TARGETS = ("explorank", "explorank-nobatch", "torch-peer", "explorank-history", "triton-peer")
 DEFAULT_TARGETS = TARGETS[:3]
 HISTORY_TARGET = "explorank-history"
+#: Triton's dynamic batcher (PyTriton) on the same INT8 encoder: Open Inference Protocol only
+TRITON_TARGET = "triton-peer"
 SCENARIOS = ("sweep", "overload", "soak", "greedy")
 #: Which API the load uses: explorank's Ranker, or the Open Inference Protocol (KServe v2),
 #: whose model "rank" is the same Rank and whose model "encoder" is the encoder alone (the
@@ -112,6 +115,8 @@ class ServeBenchConfig:
     max_in_flight: int = 512
     #: client connections of the sweep, spread evenly over `serve --workers` processes
     connections: int = 8
+    #: the interpreter that runs the Triton peer (needs nvidia-pytriton; None: this one)
+    triton_python: str | None = None
     threads: int | None = None
     seed: int = 0
     startup_timeout_s: float = 180.0
@@ -279,8 +284,11 @@ async def _measure_target(
         stubs = [ranker_pb2_grpc.RankerStub(c) for c in conns.channels]
         infers = [oip.stub(c).ModelInfer for c in conns.channels]
         turn = itertools.count()
+        batch_dim = name == TRITON_TARGET  # Triton's batching model wants [1, ...] shapes
         convert: Callable[[Any], Any] = (
-            (lambda req: oip_request(req, cfg.oip_model)) if cfg.api == "oip" else (lambda r: r)
+            (lambda req: oip_request(req, cfg.oip_model, batch_dim=batch_dim))
+            if cfg.api == "oip"
+            else (lambda r: r)
         )
 
         def send(req: Any) -> Any:
@@ -294,6 +302,8 @@ async def _measure_target(
                 if cfg.oip_model != "rank":
                     return False
                 out = oip_outputs(resp)
+                if "EVENT_ID" not in out:  # the Triton peer logs no events
+                    return False
                 event_id, items = out["EVENT_ID"][0], out["ITEM_IDS"]
             else:
                 event_id, items = resp.event_id, [i.item_id for i in resp.items]
@@ -377,15 +387,43 @@ async def _measure_target(
     return rows
 
 
-def oip_request(req: Any, model: str) -> Any:
+def _triton_unavailable(config: ServeBenchConfig, python: str) -> str | None:
+    """Why the Triton peer cannot run here, or None."""
+    import subprocess
+
+    if config.api != "oip" or config.oip_model != "rank":
+        return "the Triton peer serves only the Open Inference Protocol model rank (use --api oip)"
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import pytriton, onnxruntime, tokenizers"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run --triton-python {python}: {exc}"
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return (
+            f"{python} cannot import nvidia-pytriton, onnxruntime and tokenizers ({last}); "
+            "install them in a virtual environment of their own (PyTriton needs numpy<2) "
+            "and pass its interpreter as --triton-python"
+        )
+    return None
+
+
+def oip_request(req: Any, model: str, *, batch_dim: bool = False) -> Any:
     """The Open Inference Protocol request for a Ranker ``RankRequest``: model ``rank`` (the
-    same Rank) or ``encoder`` (its context text alone)."""
+    same Rank) or ``encoder`` (its context text alone). ``batch_dim``: every shape gets a
+    leading 1 (what a Triton model with ``max_batch_size`` > 0 expects)."""
     import struct
 
     import explorank.oip as oip
 
+    lead = [1] if batch_dim else []
+
     def strings(out: Any, name: str, values: list[str]) -> None:
-        out.inputs.add(name=name, datatype="BYTES", shape=[len(values)])
+        out.inputs.add(name=name, datatype="BYTES", shape=[*lead, len(values)])
         out.raw_input_contents.append(
             b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
         )
@@ -402,7 +440,7 @@ def oip_request(req: Any, model: str) -> Any:
     if req.candidates:
         strings(out, "CANDIDATE_IDS", [c.item_id for c in req.candidates])
     if req.top_k:
-        out.inputs.add(name="TOP_K", datatype="INT32", shape=[1])
+        out.inputs.add(name="TOP_K", datatype="INT32", shape=[*lead, 1])
         out.raw_input_contents.append(np.array([req.top_k], dtype="<i4").tobytes())
     return out
 
@@ -509,7 +547,22 @@ def run_serve_bench(
                 skipped.append({"target": name, "reason": reason})
                 progress(f"skipping {name}: {reason}")
                 continue
-            if name == "torch-peer":
+            if name == TRITON_TARGET:
+                python = config.triton_python or sys.executable
+                why = _triton_unavailable(config, python)
+                if why:
+                    skipped.append({"target": name, "reason": why})
+                    progress(f"skipping {name}: {why}")
+                    continue
+                mport = free_port()
+                server = ManagedServer(
+                    name,
+                    triton_peer_command(python, bundle.path, port_file, mport, config.threads),
+                    work,
+                    port_file,
+                    metrics_port=mport,
+                )
+            elif name == "torch-peer":
                 missing = [
                     m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None
                 ]

@@ -32,6 +32,7 @@ __all__ = [
     "parse_metrics",
     "peer_command",
     "scrape_metrics",
+    "triton_peer_command",
     "window_stats",
 ]
 
@@ -103,6 +104,32 @@ def explorank_server(
     args = (["--threads", str(threads)] if threads else []) + list(extra)
     cmd = explorank_command(bundle, workdir, name, port_file, mport, extra=args)
     return ManagedServer(name, cmd, workdir, port_file, metrics_port=mport)
+
+
+def triton_peer_command(
+    python: str, bundle: Path, port_file: Path, metrics_port: int, threads: int | None = None
+) -> list[str]:
+    """The Triton dynamic-batching peer (a standalone script: ``python`` needs
+    nvidia-pytriton, numpy, onnxruntime and tokenizers, not explorank)."""
+    script = Path(__file__).with_name("peer_triton_server.py")
+    cmd = [
+        python,
+        "-P",
+        str(script),
+        "--bundle",
+        str(bundle),
+        "--port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(metrics_port),
+        "--port-file",
+        str(port_file),
+    ]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd
 
 
 def peer_command(
@@ -264,6 +291,13 @@ def window_stats(before: Mapping[str, float], after: Mapping[str, float]) -> dic
     def delta(name: str) -> float:
         return float(after.get(name, 0.0)) - float(before.get(name, 0.0))
 
+    if "nv_inference_exec_count_total" in after:  # Triton: inferences / batch executions
+        execs = delta("nv_inference_exec_count_total")
+        return {
+            "avg_batch_size": delta("nv_inference_count_total") / execs if execs > 0 else None,
+            "padding_efficiency": None,
+            "batches": int(execs),
+        }
     batches = delta("explorank_batch_size_count")
     computed = delta("explorank_tokens_computed_total")
     return {

@@ -41,6 +41,7 @@ _SERVE_FLAGS = (
     "candidates",
     "max_requests",
     "connections",
+    "triton_python",
     "timeout",
     "repeat_contexts",
     "reward_fraction",
@@ -156,9 +157,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--metrics-url", help="with --address: the server's /metrics URL (loopback)")
     srv.add_argument(
         "--targets",
-        help="comma list from explorank,explorank-nobatch,torch-peer,explorank-history and "
-        "explorank-wN (N worker processes, e.g. explorank-w2) (default: the first three; "
-        "explorank-history: users as history ids, no encoder call)",
+        help="comma list from explorank,explorank-nobatch,torch-peer,explorank-history, "
+        "triton-peer and explorank-wN (N worker processes, e.g. explorank-w2) (default: the "
+        "first three; explorank-history: users as history ids, no encoder call; triton-peer: "
+        "Triton's dynamic batcher via PyTriton, with --api oip)",
     )
     srv.add_argument(
         "--concurrency", help="closed-loop client counts (default 1,4,16,64; quick 1,4,16)"
@@ -171,6 +173,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--candidates", type=int, help="catalog candidates per request (default 100)")
     srv.add_argument("--max-requests", type=int, help="request cap per load point (default 100000)")
     srv.add_argument("--timeout", type=float, help="per-request deadline in seconds (default 10)")
+    srv.add_argument(
+        "--triton-python",
+        help="target triton-peer: the Python that runs it (needs nvidia-pytriton, numpy<2, "
+        "onnxruntime, tokenizers; default: this one)",
+    )
     srv.add_argument(
         "--connections",
         type=int,
@@ -328,6 +335,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         max_requests=args.max_requests,
         connections=args.connections,
+        triton_python=args.triton_python,
         timeout_s=args.timeout,
         reward_fraction=args.reward_fraction,
         threads=args.threads,
@@ -356,6 +364,11 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"at concurrency {h['concurrency']}: explorank vs torch peer {_x(h['explorank_vs_peer_throughput'])}, "
             f"batching on vs off {_x(h['batching_on_vs_off'])}, padding efficiency {_x(h['padding_efficiency'], '')}"
         )
+        if h.get("explorank_vs_triton_throughput") is not None:
+            _say(
+                f"explorank vs Triton peer {_x(h['explorank_vs_triton_throughput'])} throughput, "
+                f"p99 {_x(h['explorank_p99_ms'], ' ms')} vs {_x(h['triton_p99_ms'], ' ms')}"
+            )
     if report.get("overload"):
         g = report["overload"]["goals"]
         _say(
