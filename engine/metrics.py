@@ -12,6 +12,8 @@ Exposed on ``server.metrics_port`` (``/metrics``). Names:
   they hold now (bytes as the budget counts them) against their budget
 - ``explorank_admission_wait_factor``                    measured / predicted encoder wait
   (admission by time calibrates its predictions by it)
+- ``explorank_encoder_cost_seconds{term}``               the fitted encoder cost model
+  ``overhead + per_token x padded tokens`` per batch (admission and bucket merging use it)
 - ``process_resident_memory_bytes`` and the other ``process_*`` metrics (Linux)
 - ``explorank_queue_rejections_total`` / ``explorank_deadline_drops_total``
 - ``explorank_encoder_precision{precision}``              1 for the precision being served
@@ -124,13 +126,33 @@ class EngineMetrics:
             "Measured / predicted encoder queue wait: the admission's calibration factor",
             registry=r,
         )
+        self.encoder_cost = Gauge(
+            "explorank_encoder_cost_seconds",
+            "Fitted encoder batch cost: overhead per batch and per padded token (NaN before "
+            "the first batches)",
+            ["term"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)
 
     def watch_admission(self, get: Callable[[], Any]) -> None:
-        """Report the calibration factor of the admission ``get()`` returns (None: NaN)."""
+        """Report the calibration factor and the fitted cost model of the admission ``get()``
+        returns (None, or no batch measured yet: NaN)."""
         self.admission_factor.set_function(
             lambda: float("nan") if (a := get()) is None else float(a.calibration.factor)
         )
+
+        def term(name: str) -> Callable[[], float]:
+            def read() -> float:
+                a = get()
+                if a is None or a.service.per_token is None:
+                    return float("nan")
+                return float(getattr(a.service, name))
+
+            return read
+
+        self.encoder_cost.labels("overhead").set_function(term("overhead"))
+        self.encoder_cost.labels("per_token").set_function(term("per_token"))
 
     def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:
         """Report each cache (an :class:`~explorank.engine.cache.LRUCache`, looked up when

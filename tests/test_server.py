@@ -291,6 +291,13 @@ def test_metrics_endpoint(srv: ThreadServer, stub: ranker_pb2_grpc.RankerStub) -
     )
     assert values['explorank_cache_budget_bytes{cache="event"}'] == 64 * 2**20
     assert values["process_resident_memory_bytes"] > 10 * 2**20
+    # the fitted encoder cost model, as the server's admission holds it (warm-up fitted it)
+    service = srv.engine.gen.embedder.batcher.admission.service
+    assert service.per_token is not None and service.per_token > 0
+    assert values['explorank_encoder_cost_seconds{term="per_token"}'] == pytest.approx(
+        service.per_token, rel=1e-6
+    )
+    assert values['explorank_encoder_cost_seconds{term="overhead"}'] >= 0
 
 
 def test_overload_is_resource_exhausted_never_internal(tiny_bundle: Path, tmp_path: Path) -> None:
