@@ -41,6 +41,34 @@ def test_service_time_fits_overhead_and_cost_per_token() -> None:
     assert st2.per_token == pytest.approx(1e-5, rel=1e-6)
 
 
+def test_the_overhead_is_bounded_by_the_cheapest_batch_measured() -> None:
+    """Steady load: batches of 800-1000 tokens whose times scatter so that a line through
+    them alone has a 40 ms intercept; warm-up measured a 16-token batch in 4 ms."""
+    rng = np.random.default_rng(0)
+    st = ServiceTime(alpha=0.05)
+    st.observe(0.004, 16)  # warm-up's smallest shape
+    times = []
+    for _ in range(300):
+        tokens = int(rng.integers(800, 1000))
+        seconds = 0.040 + 1.3e-4 * tokens + float(rng.normal(0, 0.003))  # a skewed cloud
+        st.observe(seconds, tokens)
+        times.append((tokens, seconds))
+    assert st.cheapest == pytest.approx(0.004)
+    assert st.overhead <= 0.004 + 1e-12  # not ~40 ms
+    # predictions where the load is stay right (the line goes through the weighted mean)...
+    recent = times[-40:]
+    mean_t = sum(t for t, _ in recent) / len(recent)
+    mean_s = sum(s for _, s in recent) / len(recent)
+    assert st.predict(int(mean_t)) == pytest.approx(mean_s, rel=0.05)
+    # ...and one small batch is no longer predicted to cost the 40 ms intercept
+    assert st.predict(16) < 0.010
+    # a fit whose intercept is below the cheapest batch is left alone
+    exact = ServiceTime(alpha=0.05)
+    for tokens in (16, 64, 256, 1024):
+        exact.observe(0.002 + 1e-5 * tokens, tokens)
+    assert exact.overhead == pytest.approx(0.002, rel=1e-6)
+
+
 def test_wait_calibration_is_a_high_quantile_of_the_ratio_within_bounds() -> None:
     cal = WaitCalibration(window=100, quantile=0.9, lo=0.5, hi=4.0, min_samples=10)
     assert cal.factor == 1.0  # nothing measured
