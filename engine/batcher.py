@@ -25,14 +25,6 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
   dominates (a GPU, a tiny model) several buckets go in one call; where every token counts
   (a BERT on CPU) they stay apart. Either way the requests waiting in other buckets are
   served sooner under concurrency, which is what keeps the tail latency down.
-- Overtaking (with ``merge_buckets``): the oldest bucket head goes first, and the requests
-  behind it in its bucket go with it — so a batch can take requests that arrived after
-  ones waiting in other buckets. Those are marked *overtaken*, and an overtaken request
-  joins the next batch whatever the padding costs (while the batch has room): nobody is
-  overtaken twice. Where buckets stay apart this bounds the tail at a little padding: at
-  16 closed-loop clients on the default bundle (2-core AVX2 VM, three interleaved pairs)
-  p99 484-600 against 589-643 ms, throughput 45.6-53.6 against 45.1-48.5 req/s, padding
-  efficiency 0.81 against 0.91.
 - The backend call runs in a single-thread executor (the backend parallelises
   internally; two concurrent calls would only fight over the same cores) so the event
   loop never blocks. Each request's future gets exactly its own row.
@@ -135,7 +127,6 @@ class _Request:
         "owner",
         "trace",
         "predicted_wait",
-        "overtaken",
     )
 
     def __init__(self, ids: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None):
@@ -150,8 +141,6 @@ class _Request:
         self.trace: Any = None
         #: the wait admission predicted for it (s), compared with its real wait when taken
         self.predicted_wait: float | None = None
-        #: a batch took a request of its bucket that arrived later (see "Overtaking")
-        self.overtaken = False
 
 
 class _Backlog:
@@ -617,7 +606,6 @@ class DynamicBatcher:
                 reqs = self._take(chosen, now, self.batch_limit(chosen))
                 if reqs and self.merge_buckets:
                     length = self._merge(reqs, chosen, now)
-                    self._mark_overtaken(reqs)
                 if reqs:
                     return length, reqs
                 continue
@@ -641,7 +629,6 @@ class DynamicBatcher:
         """Add requests of other buckets to ``reqs`` (padded to ``length``) while that costs
         less than running them as their own batch (see "Bucket merging" above); returns the
         batch's padded length."""
-        length = self._take_overtaken(reqs, length, now)
         service = self.admission.service
         per_token = service.per_token
         if per_token is None or not per_token > 0:
@@ -661,40 +648,6 @@ class DynamicBatcher:
             m = min(room, len(queue))
             extra = m * (length - key) if key < length else len(reqs) * (key - length)
             if extra > budget:
-                continue
-            taken = self._take(key, now, m)
-            if taken:
-                reqs.extend(taken)
-                length = new_length
-        return length
-
-    def _mark_overtaken(self, taken: list[_Request]) -> None:
-        """Mark what is still queued and arrived before the youngest request of ``taken``."""
-        youngest = max(r.enqueued for r in taken)
-        for queue in self._queues.values():
-            for req in queue:  # each bucket's queue is in arrival order
-                if req.enqueued >= youngest:
-                    break
-                req.overtaken = True
-
-    def _take_overtaken(self, reqs: list[_Request], length: int, now: float) -> int:
-        """Add the overtaken heads of the other buckets to ``reqs``, oldest bucket first,
-        whatever their padding costs (see "Overtaking"); returns the padded length."""
-        heads = sorted(
-            (q[0].enqueued, key)
-            for key, q in self._queues.items()
-            if q and key != length and q[0].overtaken
-        )
-        for _, key in heads:
-            queue = self._queues.get(key)
-            new_length = max(length, key)
-            room = self.batch_limit(new_length) - len(reqs)
-            if not queue or room <= 0:
-                continue
-            m = 0
-            while m < min(room, len(queue)) and queue[m].overtaken:
-                m += 1
-            if m == 0:
                 continue
             taken = self._take(key, now, m)
             if taken:

@@ -698,38 +698,3 @@ def test_buckets_merge_only_when_padding_costs_less_than_a_batch(
         real = mask.sum(1)
         assert ids.shape[1] == -(-int(real.max()) // 8) * 8
     assert sorted(len(r) for r in enc.seen_rows()) == sorted([3, 12, 12, 12, 28, 28, 28, 60, 60])
-
-
-@pytest.mark.parametrize("merge", [True, False], ids=["merging", "buckets-apart"])
-def test_an_overtaken_request_joins_the_next_batch_whatever_the_padding(merge: bool) -> None:
-    """Padding costs more than a batch here, so buckets would stay apart; but a batch of
-    bucket 16 took a2, which arrived after b1 (32) and c1 (64): both were overtaken, and the
-    next batch takes them together (padded to 64) instead of one batch each."""
-    enc = FakeEncoder(gated=True)
-
-    async def main() -> None:
-        b = _batcher_with_costs(enc, 0.001, 1e-4)  # tokens dominate: no cost-based merge
-        b.merge_buckets = merge
-        b.admission.service.observe = lambda *a, **k: None  # type: ignore[method-assign]
-        await b.start()
-        first = asyncio.ensure_future(b.submit(np.arange(1, 4)))
-        await wait_until(enc.entered.is_set)  # the worker is busy
-        rng = np.random.default_rng(2)
-        order = [seq(rng, 12), seq(rng, 28), seq(rng, 60), seq(rng, 12)]  # a1 b1 c1 a2
-        futs = []
-        for x in order:
-            futs.append(asyncio.ensure_future(b.submit(x)))
-            await asyncio.sleep(0.002)  # distinct arrival times
-        enc.gate.set()
-        await first
-        out = await asyncio.gather(*futs)
-        await b.stop()
-        for x, row in zip(order, out, strict=True):
-            np.testing.assert_array_equal(row, features(x))
-
-    run(main)
-    shapes = [ids.shape for ids, _ in enc.calls[1:]]
-    if merge:
-        assert shapes == [(2, 16), (2, 64)]  # a1+a2, then the overtaken b1+c1 together
-    else:  # merge_buckets off: buckets never mix, overtaken or not
-        assert shapes == [(2, 16), (1, 32), (1, 64)]
