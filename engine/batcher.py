@@ -297,7 +297,6 @@ class DynamicBatcher:
         self._backlogs: set[_Backlog] = set()
         self._pending = 0  # sequences queued or in a backlog
         self._pending_tokens = 0  # their padded tokens (bucket lengths)
-        self._executing_tokens = 0  # padded tokens of the batches being computed
         self._state = "new"
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,7 +305,7 @@ class DynamicBatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
         self._executing = 0
-        #: (monotonic start, padded tokens) of the batches handed to the executor
+        #: (monotonic start, padded tokens) of the batches being computed
         self._exec_started: list[tuple[float, int]] = []
         self._last_arrival: float | None = None
         self._arrival_gap: float | None = None
@@ -347,6 +346,11 @@ class DynamicBatcher:
     def state(self) -> str:
         """``new``, ``running``, ``stopping``, ``stopped`` or ``failed``."""
         return self._state
+
+    @property
+    def _executing_tokens(self) -> int:
+        """Padded tokens of the batches being computed."""
+        return sum(tokens for _, tokens in self._exec_started)
 
     @property
     def pending(self) -> int:
@@ -754,8 +758,8 @@ class DynamicBatcher:
         n = len(reqs)
         longest = max(req.ids.shape[0] for req in reqs)
         length = min(length, -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE)
-        self._executing_tokens += n * length
-        started: tuple[float, int] | None = None
+        started = (time.monotonic(), n * length)
+        self._exec_started.append(started)
         try:
             ids = np.full((n, length), self.pad_id, dtype=np.int64)
             mask = np.zeros((n, length), dtype=np.int64)
@@ -767,8 +771,6 @@ class DynamicBatcher:
                 real += k
             t0 = time.perf_counter()
             t0_ns = time.time_ns()
-            started = (time.monotonic(), n * length)
-            self._exec_started.append(started)
             try:
                 out = await self._loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
                 out = np.asarray(out)
@@ -806,9 +808,7 @@ class DynamicBatcher:
             if tracing.enabled():
                 _trace_encode(reqs, t0_ns, time.time_ns(), length, real)
         finally:
-            if started is not None:
-                self._exec_started.remove(started)
-            self._executing_tokens -= n * length
+            self._exec_started.remove(started)
             self._executing -= 1
             self._slots.release()
 

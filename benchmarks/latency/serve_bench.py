@@ -525,6 +525,11 @@ def run_serve_bench(
             )
         return derived
 
+    def skip(target: str, reason: str) -> None:
+        """A target that cannot run here: listed under ``skipped`` with the reason."""
+        skipped.append({"target": target, "reason": reason})
+        progress(f"skipping {target}: {reason}")
+
     work = Path(tempfile.mkdtemp(prefix="explorank-bench-serve-"))
     try:
         for name in targets:
@@ -543,16 +548,13 @@ def run_serve_bench(
                 continue
             port_file = work / f"{name}.port"
             if name == "torch-peer" and config.api != "ranker":
-                reason = "the torch peer speaks only the Ranker API (use --api ranker)"
-                skipped.append({"target": name, "reason": reason})
-                progress(f"skipping {name}: {reason}")
+                skip(name, "the torch peer speaks only the Ranker API (use --api ranker)")
                 continue
             if name == TRITON_TARGET:
                 python = config.triton_python or sys.executable
                 why = _triton_unavailable(config, python)
                 if why:
-                    skipped.append({"target": name, "reason": why})
-                    progress(f"skipping {name}: {why}")
+                    skip(name, why)
                     continue
                 mport = free_port()
                 server = ManagedServer(
@@ -570,13 +572,12 @@ def run_serve_bench(
                     bundle, config.model_dir, is_default=config.bundle is None
                 )
                 if missing or model_dir is None:
-                    reason = (
+                    skip(
+                        name,
                         f"{', '.join(missing)} not installed (pip install 'explorank[export]')"
                         if missing
-                        else note
+                        else note,
                     )
-                    skipped.append({"target": name, "reason": reason})
-                    progress(f"skipping {name}: {reason}")
                     continue
                 server = ManagedServer(
                     name,
