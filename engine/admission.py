@@ -32,8 +32,8 @@ from explorank.errors import ResourceExhaustedError
 
 __all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime", "WaitCalibration"]
 
-#: A request is admitted only if its encoding is predicted to end within this share of the
-#: time left to its deadline (the prediction is a mean, and the Rank goes on after it).
+#: The default share of the time left to a request's deadline within which its encoding must
+#: be predicted to end (``batching.deadline_share``; the Rank goes on after the encoding).
 DEADLINE_SHARE = 0.8
 
 
@@ -162,15 +162,20 @@ class WaitCalibration:
 
 class Admission:
     """The admission rule (see the module docstring). ``max_wait_s = None`` disables the
-    time rule (only the count cap of the queue applies)."""
+    time rule (only the count cap of the queue applies); ``deadline_share`` is the share of
+    the time left to a deadline that the encoding may take."""
 
     def __init__(
         self,
         max_wait_s: float | None,
         service: ServiceTime | None = None,
         calibration: WaitCalibration | None = None,
+        deadline_share: float = DEADLINE_SHARE,
     ) -> None:
+        if not 0.0 < deadline_share <= 1.0:
+            raise ValueError(f"deadline_share must be in (0, 1], got {deadline_share}")
         self.max_wait_s = max_wait_s
+        self.deadline_share = float(deadline_share)
         self.service = service or ServiceTime()
         # calibrated on waits of at least a tenth of the limit: a short predicted wait is
         # mostly the rest of the batch being computed, whose ratio says little about a long one
@@ -218,14 +223,14 @@ class Admission:
             )
         if deadline is not None:
             finish = now + predicted * factor + self.service.predict(own_tokens, own_batches)
-            # the encoder must be done within DEADLINE_SHARE of the time left: the rest is
+            # the encoder must be done within deadline_share of the time left: the rest is
             # for what follows it (scoring, the policy, logging the event, the response)
-            if finish > now + DEADLINE_SHARE * (deadline - now):
+            if finish > now + self.deadline_share * (deadline - now):
                 self.rejected += 1
                 raise ResourceExhaustedError(
                     f"overloaded: the request's encoding would end {finish - now:.3f} s from "
                     f"now (predicted encoder wait {predicted * factor * 1000:.0f} ms), too close to its "
-                    f"deadline {deadline - now:.3f} s away; retry with backoff or a longer "
-                    "deadline"
+                    f"deadline {deadline - now:.3f} s away (batching.deadline_share "
+                    f"{self.deadline_share:g}); retry with backoff or a longer deadline"
                 )
         return wait

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from explorank.engine import tracing
-from explorank.engine.admission import Admission
+from explorank.engine.admission import DEADLINE_SHARE, Admission
 from explorank.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -225,6 +225,7 @@ class DynamicBatcher:
         max_queue_size: int = 1024,
         max_request_share: float = 1.0,
         max_queue_wait_ms: float | None = None,
+        deadline_share: float = DEADLINE_SHARE,
         max_batch_tokens: int | None = None,
         merge_buckets: bool = False,
         length_buckets: Sequence[int] = (16, 32, 64, 128),
@@ -244,6 +245,8 @@ class DynamicBatcher:
             raise ConfigError(f"max_request_share must be in (0, 1], got {max_request_share}")
         if max_queue_wait_ms is not None and not max_queue_wait_ms > 0:
             raise ConfigError(f"max_queue_wait_ms must be > 0 or unset, got {max_queue_wait_ms}")
+        if not 0.0 < deadline_share <= 1.0:
+            raise ConfigError(f"deadline_share must be in (0, 1], got {deadline_share}")
         if max_batch_tokens is not None and int(max_batch_tokens) < 1:
             raise ConfigError(f"max_batch_tokens must be >= 1 or unset, got {max_batch_tokens}")
         if int(max_inflight_batches) < 1:
@@ -291,7 +294,8 @@ class DynamicBatcher:
         )
         self.stats = BatcherStats()
         self.admission = Admission(
-            None if max_queue_wait_ms is None else float(max_queue_wait_ms) / 1000.0
+            None if max_queue_wait_ms is None else float(max_queue_wait_ms) / 1000.0,
+            deadline_share=deadline_share,
         )
         self._queues: dict[int, deque[_Request]] = {}
         self._backlogs: set[_Backlog] = set()

@@ -205,6 +205,11 @@ class BatchingConfig(_Section):
     #: it above one full batch's time) exceeds this, or that would miss its own deadline, is
     #: refused at once with RESOURCE_EXHAUSTED instead of queueing. None = count-based only.
     max_queue_wait_ms: float | None = Field(750.0, gt=0)
+    #: The deadline rule of admission: a call is admitted only if its encoding is predicted
+    #: to end within this share of the time left to its deadline (the rest is for scoring,
+    #: the policy, logging the event and the answer). Lower: a tighter admitted p99 under
+    #: overload, fewer calls admitted.
+    deadline_share: float = Field(0.8, gt=0, le=1)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)

@@ -118,6 +118,7 @@ class Embedder:
             max_queue_size=bc.max_queue_size,
             max_request_share=bc.max_request_share,
             max_queue_wait_ms=bc.max_queue_wait_ms,
+            deadline_share=bc.deadline_share,
             max_batch_tokens=bc.max_batch_tokens,
             merge_buckets=bc.merge_buckets,
             length_buckets=tuple(b for b in bc.length_buckets if b <= max_len) or (max_len,),

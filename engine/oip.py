@@ -426,6 +426,7 @@ class OipServicer:
                 "batching.max_batch_size": str(bc.max_batch_size),
                 "batching.max_queue_delay_ms": f"{bc.max_queue_delay_ms:g}",
                 "batching.max_queue_wait_ms": str(bc.max_queue_wait_ms),
+                "batching.deadline_share": f"{bc.deadline_share:g}",
             }
             if request.name == "rank":
                 params["default_scorer"] = info["default_scorer"]

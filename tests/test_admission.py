@@ -16,9 +16,10 @@ from test_batcher import FakeEncoder, run, wait_until
 
 from explorank.engine.admission import Admission, ServiceTime, WaitCalibration
 from explorank.engine.batcher import DynamicBatcher
+from explorank.engine.config import load_config
 from explorank.engine.pipeline import Engine
 from explorank.engine.requests import CandidateInput, RankInput
-from explorank.errors import ResourceExhaustedError, UnavailableError
+from explorank.errors import ConfigError, ResourceExhaustedError, UnavailableError
 from tests.server_harness import make_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,6 +180,28 @@ def test_admission_rule() -> None:
         adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.19)  # 152 ms
     assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.21) > 0
     assert adm.rejected == 3
+
+
+def test_deadline_share_sets_how_much_of_the_time_left_the_encoding_may_take() -> None:
+    now = 100.0
+    strict = Admission(max_wait_s=None, deadline_share=0.5)
+    loose = Admission(max_wait_s=None)  # the default share, 0.8
+    for adm in (strict, loose):
+        adm.service.observe(0.032, 1000)  # 32 us per token
+    # 160 ms queued + 2 ms of its own against 250 ms left: within 0.8 (200 ms), not 0.5 (125)
+    assert loose.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.25) > 0
+    with pytest.raises(ResourceExhaustedError, match="batching.deadline_share 0.5"):
+        strict.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.25)
+    assert strict.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.33) > 0
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="deadline_share"):
+            Admission(max_wait_s=None, deadline_share=bad)
+        with pytest.raises(ConfigError, match="deadline_share"):
+            DynamicBatcher(lambda ids: ids, deadline_share=bad)
+    with pytest.raises(ConfigError, match="deadline_share"):
+        load_config(None, environ={"EXPLORANK__BATCHING__DEADLINE_SHARE": "0"})
+    cfg = load_config(None, environ={"EXPLORANK__BATCHING__DEADLINE_SHARE": "0.6"})
+    assert cfg.batching.deadline_share == 0.6
 
 
 def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
