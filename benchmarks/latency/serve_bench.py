@@ -129,7 +129,7 @@ class ServeBenchConfig:
     max_queue_wait_ms: float | None = None
     capacity_rps: float | None = None  # None: measured (closed loop, capacity_clients)
     capacity_clients: int = 16
-    capacity_s: float = 5.0
+    capacity_s: float = 10.0  # as long as one phase: the goodput is a share of it
     single_s: float = 5.0
     soak_s: float = 600.0  # measured, after the warm-up
     soak_warmup_s: float | None = None  # None: soak.soak_warmup_s(soak_s)
