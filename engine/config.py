@@ -29,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from explorank.engine.admission import DEADLINE_SHARE
 from explorank.errors import ConfigError
 from explorank.paths import default_cache_dir as default_cache_dir  # re-exported
 from explorank.paths import default_state_db
@@ -209,7 +210,7 @@ class BatchingConfig(_Section):
     #: to end within this share of the time left to its deadline (the rest is for scoring,
     #: the policy, logging the event and the answer). Lower: a tighter admitted p99 under
     #: overload, fewer calls admitted.
-    deadline_share: float = Field(0.7, gt=0, le=1)
+    deadline_share: float = Field(DEADLINE_SHARE, gt=0, le=1)  # 0.7
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)
