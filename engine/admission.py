@@ -98,12 +98,11 @@ class WaitCalibration:
     waits spread around the prediction (batches of other buckets first, batch times that
     vary), and the deadline rule should hold for most admitted requests, not the average one.
     The 95th percentile over 500: under 3x overload with 1 s deadlines (``bench serve
-    --scenario overload``, AVX2 VM, two pairs of runs) it let no admitted request time out
-    (0.0 deadline-exceeded per second against 1.0-2.9 with the 90th over 200; deadline share
-    0.8 then) and lowered the
-    admitted p99 to 912-916 from 978-996 ms at about the same admitted rate (39.7 / 51.3
-    against 40.7 / 45.2 req/s); the 99th cut the admitted rate (35.4 / 37.1 against 38.1 /
-    44.7).
+    --scenario overload``, AVX2 VM, two pairs of runs, deadline share 0.8 then) it let no
+    admitted request time out (0.0 deadline-exceeded per second against 1.0-2.9 with the 90th
+    over 200) and lowered the admitted p99 to 912-916 from 978-996 ms at about the same
+    admitted rate (39.7 / 51.3 against 40.7 / 45.2 req/s); the 99th cut the admitted rate
+    (35.4 / 37.1 against 38.1 / 44.7).
 
     :class:`Admission` applies the factor in full to the deadline rule (a request that would
     time out is better refused) and to ``max_queue_wait_ms`` only below 1 (it lowers
