@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from explorank.errors import ResourceExhaustedError
+from explorank.errors import ConfigError, ResourceExhaustedError
 
 __all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime", "WaitCalibration"]
 
@@ -173,7 +173,7 @@ class Admission:
         deadline_share: float = DEADLINE_SHARE,
     ) -> None:
         if not 0.0 < deadline_share <= 1.0:
-            raise ValueError(f"deadline_share must be in (0, 1], got {deadline_share}")
+            raise ConfigError(f"deadline_share must be in (0, 1], got {deadline_share}")
         self.max_wait_s = max_wait_s
         self.deadline_share = float(deadline_share)
         self.service = service or ServiceTime()

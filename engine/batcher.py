@@ -245,8 +245,6 @@ class DynamicBatcher:
             raise ConfigError(f"max_request_share must be in (0, 1], got {max_request_share}")
         if max_queue_wait_ms is not None and not max_queue_wait_ms > 0:
             raise ConfigError(f"max_queue_wait_ms must be > 0 or unset, got {max_queue_wait_ms}")
-        if not 0.0 < deadline_share <= 1.0:
-            raise ConfigError(f"deadline_share must be in (0, 1], got {deadline_share}")
         if max_batch_tokens is not None and int(max_batch_tokens) < 1:
             raise ConfigError(f"max_batch_tokens must be >= 1 or unset, got {max_batch_tokens}")
         if int(max_inflight_batches) < 1:

@@ -210,7 +210,7 @@ class BatchingConfig(_Section):
     #: to end within this share of the time left to its deadline (the rest is for scoring,
     #: the policy, logging the event and the answer). Lower: a tighter admitted p99 under
     #: overload, fewer calls admitted.
-    deadline_share: float = Field(DEADLINE_SHARE, gt=0, le=1)  # 0.7
+    deadline_share: float = Field(DEADLINE_SHARE, gt=0, le=1)
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)
