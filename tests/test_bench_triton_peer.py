@@ -42,11 +42,12 @@ def test_a_batch_padded_to_its_longest_text_embeds_each_text_as_alone(
 
 def test_rank_scores_the_candidates_by_dot_product(model: peer.RankModel) -> None:
     ids = list(model.row)
-    cands = [ids[:12], ids[5:9] + ["not-an-item"]]
-    texts = ["space opera", "cooking show"]
-    out_ids, out_scores = model.rank(texts, cands, [5, 0])
+    # an unknown id first: the ranked ids must be the known ones' (not shifted by one)
+    cands = [ids[:12], ids[5:9] + ["not-an-item"], ["not-an-item", *ids[20:26]]]
+    texts = ["space opera", "cooking show", "a detective story"]
+    out_ids, out_scores = model.rank(texts, cands, [5, 0, 3])
     users = model.encode(texts)
-    for u, c, k, got, scores in zip(users, cands, (5, 10), out_ids, out_scores, strict=True):
+    for u, c, k, got, scores in zip(users, cands, (5, 10, 3), out_ids, out_scores, strict=True):
         known = [x for x in c if x in model.row]
         want = sorted(known, key=lambda x: -float(model.items[model.row[x]] @ u))[
             : min(k, len(known))

@@ -93,7 +93,8 @@ class RankModel:
         out_ids: list[list[str]] = []
         out_scores: list[Any] = []
         for user, cands, k in zip(users, candidates, top_k, strict=True):
-            rows = [self.row[c] for c in cands if c in self.row]
+            known = [c for c in cands if c in self.row]  # unknown ids are not ranked
+            rows = [self.row[c] for c in known]
             if not rows:
                 out_ids.append([])
                 out_scores.append(np.zeros(0, np.float32))
@@ -102,7 +103,7 @@ class RankModel:
             k = min(k if k > 0 else 10, len(rows))
             top = np.argpartition(-scores, k - 1)[:k]
             top = top[np.argsort(-scores[top], kind="stable")]
-            out_ids.append([cands[i] for i in top])
+            out_ids.append([known[i] for i in top])
             out_scores.append(scores[top].astype(np.float32))
         return out_ids, out_scores
 
