@@ -25,7 +25,7 @@ def _utf8_len(value: str, name: str) -> int:
         raise InvalidArgumentError(name, "is not valid Unicode (lone surrogate)") from None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CandidateInput:
     item_id: str
     text: str = ""
@@ -101,6 +101,38 @@ def _check_text(value: str, name: str, limits: LimitsConfig) -> None:
         )
 
 
+def _ids_valid(ids: list[str], limits: LimitsConfig) -> bool:
+    """True when every id in ``ids`` passes :func:`_check_id` (required): the checks of a
+    long list at once (a Rank's 100 candidate ids in ~10 µs instead of ~150 µs). False when
+    any might not; the caller then checks them one by one for the error message."""
+    if not ids:
+        return True
+    if not all(ids) or max(map(len, ids)) > limits.max_id_chars:
+        return False
+    # the pattern is a class of characters: the ids all match if and only if their
+    # concatenation does
+    joined = "".join(ids)
+    if _ID_RE.fullmatch(joined) is None:
+        return False
+    if joined.isascii() and limits.max_id_chars <= limits.max_id_bytes:
+        return True  # one byte per character: within the character limit is within this one
+    return all(len(i.encode("utf-8")) <= limits.max_id_bytes for i in ids)
+
+
+def _texts_valid(texts: list[str], limits: LimitsConfig) -> bool:
+    """True when every text passes :func:`_check_text` (see :func:`_ids_valid`)."""
+    if not any(texts):
+        return True
+    if max(map(len, texts)) > limits.max_text_chars:
+        return False
+    if "".join(texts).isascii() and limits.max_text_chars <= limits.max_text_bytes:
+        return True
+    try:
+        return all(len(t.encode("utf-8")) <= limits.max_text_bytes for t in texts)
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
 def validate_texts(texts: list[str], limits: LimitsConfig, field: str, most: int) -> None:
     """Texts to encode as they are (the OIP ``encoder`` model): at least one, at most
     ``most``, each within the text limits."""
@@ -128,21 +160,28 @@ def validate_rank(req: RankInput, limits: LimitsConfig) -> RankInput:
             "history_item_ids",
             f"has {len(req.history_item_ids)} entries; the limit is {limits.max_history}",
         )
-    for i, hid in enumerate(req.history_item_ids):
-        _check_id(hid, f"history_item_ids[{i}]", limits, required=True)
+    if not _ids_valid(req.history_item_ids, limits):
+        for i, hid in enumerate(req.history_item_ids):
+            _check_id(hid, f"history_item_ids[{i}]", limits, required=True)
     if len(req.candidates) > limits.max_candidates:
         raise InvalidArgumentError(
             "candidates", f"has {len(req.candidates)} entries; the limit is {limits.max_candidates}"
         )
-    seen: set[str] = set()
-    for i, cand in enumerate(req.candidates):
-        _check_id(cand.item_id, f"candidates[{i}].item_id", limits, required=True)
-        _check_text(cand.text, f"candidates[{i}].text", limits)
-        if cand.item_id in seen:
-            raise InvalidArgumentError(
-                f"candidates[{i}].item_id", f"duplicate candidate {cand.item_id!r}"
-            )
-        seen.add(cand.item_id)
+    ids = [c.item_id for c in req.candidates]
+    if not (
+        _ids_valid(ids, limits)
+        and _texts_valid([c.text for c in req.candidates], limits)
+        and len(set(ids)) == len(ids)
+    ):
+        seen: set[str] = set()
+        for i, cand in enumerate(req.candidates):
+            _check_id(cand.item_id, f"candidates[{i}].item_id", limits, required=True)
+            _check_text(cand.text, f"candidates[{i}].text", limits)
+            if cand.item_id in seen:
+                raise InvalidArgumentError(
+                    f"candidates[{i}].item_id", f"duplicate candidate {cand.item_id!r}"
+                )
+            seen.add(cand.item_id)
     if req.top_k < 0:
         raise InvalidArgumentError("top_k", "must be >= 0 (0 means the default)")
     if req.top_k > limits.max_top_k:

@@ -1,7 +1,7 @@
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from explorank.engine.config import LimitsConfig
@@ -49,3 +49,68 @@ def test_reward_value_validation(value: float) -> None:
         with pytest.raises(InvalidArgumentError) as exc:
             validate_reward("e", "i", value, LIMITS)
         assert exc.value.field == "value"
+
+
+# ids and texts that hit every check: control characters, line separators, lone
+# surrogates, multi-byte characters (over the byte limit before the character limit)
+_CHARS = st.sampled_from(
+    ["a", "b", " ", "é", "\U0001f600"] * 3 + ["\n", "\x85", "\u2028", "\ud800"]
+)
+# a few fixed values too, so that lists repeat ids and cross the byte limits (12 and 14)
+# within the character limits (8 and 10)
+_VALUE = st.one_of(
+    st.text(_CHARS, max_size=12), st.sampled_from(["a", "é" * 7, "\U0001f600" * 4, "ab"])
+)
+_IDS = st.lists(_VALUE, max_size=4)
+_TEXTS = st.lists(_VALUE, max_size=4)
+_TIGHT = LimitsConfig(
+    max_candidates=50,
+    max_history=5,
+    max_id_chars=8,
+    max_id_bytes=12,
+    max_text_chars=10,
+    max_text_bytes=14,
+)
+
+
+def _one_by_one(req: RankInput, limits: LimitsConfig) -> str | None:
+    """The field the item-by-item checks name for ``req``'s history and candidates (None:
+    valid) — what validate_rank must answer, however it gets there."""
+    from explorank.engine.requests import _check_id, _check_text
+
+    try:
+        for i, hid in enumerate(req.history_item_ids):
+            _check_id(hid, f"history_item_ids[{i}]", limits, required=True)
+        seen: set[str] = set()
+        for i, cand in enumerate(req.candidates):
+            _check_id(cand.item_id, f"candidates[{i}].item_id", limits, required=True)
+            _check_text(cand.text, f"candidates[{i}].text", limits)
+            if cand.item_id in seen:
+                raise InvalidArgumentError(f"candidates[{i}].item_id", "duplicate")
+            seen.add(cand.item_id)
+    except InvalidArgumentError as exc:
+        return exc.field
+    return None
+
+
+@settings(max_examples=300)
+@given(history=_IDS, ids=_IDS, texts=_TEXTS)
+@example(history=[], ids=["a", "ab", "a"], texts=[])  # a repeated id
+@example(history=["\U0001f600" * 4], ids=[], texts=[])  # an id over the byte limit
+@example(history=[], ids=["a"], texts=["\U0001f600" * 4])  # a text over the byte limit
+@example(history=[], ids=["a", "b"], texts=["", "x" * 11])  # a text over the char limit
+def test_list_checks_agree_with_item_by_item(
+    history: list[str], ids: list[str], texts: list[str]
+) -> None:
+    """validate_rank checks long lists at once and falls back to one by one only when
+    something may be wrong: it refuses exactly what the item-by-item checks refuse, naming
+    the same field."""
+    cands = [CandidateInput(i, t) for i, t in zip(ids, texts + [""] * len(ids), strict=False)]
+    req = RankInput(history_item_ids=history, candidates=cands)
+    expected = _one_by_one(req, _TIGHT)
+    try:
+        validate_rank(req, _TIGHT)
+        got = None
+    except InvalidArgumentError as exc:
+        got = exc.field
+    assert got == expected
