@@ -155,6 +155,37 @@ def test_phased_open_loop_accounts_for_every_arrival_and_rejections_come_back_fi
     assert rec is None or 0.0 <= rec < 0.5
 
 
+def test_phased_open_loop_prebuild_sends_the_same_requests_built_before_the_run() -> None:
+    """With ``prebuild`` every request is built before the first is sent (the client builds
+    nothing while it measures), and the run is the one it is without: the same arrival
+    times, the same requests in the same order."""
+    phases = [Phase("a", 400.0, 0.1), Phase("b", 800.0, 0.1)]
+
+    def drive(prebuild: bool) -> tuple[PhasedRun, list[tuple[str, int]]]:
+        events: list[tuple[str, int]] = []
+
+        def make(i: int) -> int:
+            events.append(("make", i))
+            return i * 7
+
+        async def send(req: int) -> None:
+            events.append(("send", req))
+
+        run = asyncio.run(phased_open_loop(make, send, phases, seed=3, prebuild=prebuild))
+        return run, events
+
+    (lazy, lazy_events), (ahead, ahead_events) = drive(False), drive(True)
+    assert [(r.phase, r.t_s) for r in ahead.records] == [(r.phase, r.t_s) for r in lazy.records]
+    assert len(ahead.records) > 20  # ~120 arrivals expected
+    sent = [x for kind, x in ahead_events if kind == "send"]
+    assert sent == [x for kind, x in lazy_events if kind == "send"]
+    assert sent == [7 * i for i in range(len(ahead.records))]
+    first_send = next(j for j, (kind, _) in enumerate(ahead_events) if kind == "send")
+    assert all(kind == "make" for kind, _ in ahead_events[:first_send])
+    assert all(kind == "send" for kind, _ in ahead_events[first_send:])
+    assert all(r.code == "OK" for r in ahead.records)
+
+
 def test_phased_open_loop_refuses_bad_phases() -> None:
     async def send(req: Any) -> Any:
         return None

@@ -181,6 +181,7 @@ async def _measure(
                     1024, int(max(p.rate for p in phases) * (cfg.deadline_s + 1) * 2)
                 ),
                 drain_s=cfg.deadline_s + 2,
+                prebuild=True,
             )
         finally:
             stop.set()
