@@ -34,7 +34,7 @@ __all__ = ["DEADLINE_SHARE", "Admission", "ServiceTime", "WaitCalibration"]
 
 #: The default share of the time left to a request's deadline within which its encoding must
 #: be predicted to end (``batching.deadline_share``; the Rank goes on after the encoding).
-DEADLINE_SHARE = 0.7
+DEADLINE_SHARE = 0.6
 
 
 class ServiceTime:

@@ -175,24 +175,24 @@ def test_admission_rule() -> None:
         adm.check(ahead_tokens=10_000, own_tokens=64, now=now, deadline=None)  # 320 ms > 250
     with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
         adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.1)
-    # the encoding (160 + 2 ms) must end within DEADLINE_SHARE (0.7) of the time left
-    assert DEADLINE_SHARE == 0.7
+    # the encoding (160 + 2 ms) must end within DEADLINE_SHARE (0.6) of the time left
+    assert DEADLINE_SHARE == 0.6
     with pytest.raises(ResourceExhaustedError, match="too close to its deadline"):
-        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.22)  # 154 ms
-    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.24) > 0
+        adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.26)  # 156 ms
+    assert adm.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.28) > 0
     assert adm.rejected == 3
 
 
 def test_deadline_share_sets_how_much_of_the_time_left_the_encoding_may_take() -> None:
     now = 100.0
     strict = Admission(max_wait_s=None, deadline_share=0.5)
-    loose = Admission(max_wait_s=None)  # the default share, 0.7
+    loose = Admission(max_wait_s=None)  # the default share, 0.6
     for adm in (strict, loose):
         adm.service.observe(0.032, 1000)  # 32 us per token
-    # 160 ms queued + 2 ms of its own against 250 ms left: within 0.7 (175 ms), not 0.5 (125)
-    assert loose.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.25) > 0
+    # 160 ms queued + 2 ms of its own against 280 ms left: within 0.6 (168 ms), not 0.5 (140)
+    assert loose.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.28) > 0
     with pytest.raises(ResourceExhaustedError, match="batching.deadline_share 0.5"):
-        strict.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.25)
+        strict.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.28)
     assert strict.check(ahead_tokens=5000, own_tokens=64, now=now, deadline=now + 0.33) > 0
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="deadline_share"):
@@ -202,8 +202,8 @@ def test_deadline_share_sets_how_much_of_the_time_left_the_encoding_may_take() -
     with pytest.raises(ConfigError, match="deadline_share"):
         load_config(None, environ={"EXPLORANK__BATCHING__DEADLINE_SHARE": "0"})
     assert load_config(None, environ={}).batching.deadline_share == DEADLINE_SHARE
-    cfg = load_config(None, environ={"EXPLORANK__BATCHING__DEADLINE_SHARE": "0.6"})
-    assert cfg.batching.deadline_share == 0.6
+    cfg = load_config(None, environ={"EXPLORANK__BATCHING__DEADLINE_SHARE": "0.8"})
+    assert cfg.batching.deadline_share == 0.8
 
 
 def test_overloaded_batcher_rejects_at_once_instead_of_queueing() -> None:
