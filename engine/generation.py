@@ -111,6 +111,18 @@ def scorer_context(bundle: Bundle, backend: Any) -> ScorerContext:
     )
 
 
+def _enable_burst(backend: Any) -> None:
+    """In a worker of ``serve --workers N``: let ``backend`` borrow the group's idle cores
+    (:mod:`explorank.engine.workers`)."""
+    from explorank.engine.workers import group_cpus, peer_activity
+
+    peers = peer_activity()
+    enable = getattr(backend, "enable_burst", None)
+    if peers is None or enable is None:
+        return
+    enable(group_cpus(), peers.others_idle, peers)
+
+
 def prepare(
     config: Config,
     bundle: Bundle,
@@ -133,6 +145,8 @@ def prepare(
         )
         # On a GPU: the fp16 encoder checked on this GPU, and CUDA graphs (engine/gpu.py).
         backend, choice = finish_gpu_encoder(backend, choice, bundle, tokenizer, config)
+        if config.server.worker_burst:
+            _enable_burst(backend)
     else:
         served = str(getattr(backend, "precision", "unknown"))
         choice = PrecisionChoice(

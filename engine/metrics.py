@@ -133,6 +133,12 @@ class EngineMetrics:
             ["term"],
             registry=r,
         )
+        self.burst_batches = Gauge(
+            "explorank_encoder_burst_batches",
+            "Encoder batches run on the burst session (serve --workers: the other workers "
+            "idle) since the encoder was loaded",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)
 
     def watch_admission(self, get: Callable[[], Any]) -> None:
@@ -153,6 +159,10 @@ class EngineMetrics:
 
         self.encoder_cost.labels("overhead").set_function(term("overhead"))
         self.encoder_cost.labels("per_token").set_function(term("per_token"))
+
+    def watch_backend(self, get: Callable[[], Any]) -> None:
+        """Report what the encoder backend ``get()`` returns counts (followed across reloads)."""
+        self.burst_batches.set_function(lambda: float(getattr(get(), "burst_batches", 0)))
 
     def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:
         """Report each cache (an :class:`~explorank.engine.cache.LRUCache`, looked up when

@@ -147,6 +147,7 @@ class Engine:
             }
         )
         self.metrics.watch_admission(lambda: getattr(self.gen.embedder.batcher, "admission", None))
+        self.metrics.watch_backend(lambda: self.gen.backend)
         self.ready = False
         self.accepting = True
         self._tasks: list[asyncio.Task[Any]] = []

@@ -187,6 +187,48 @@ def test_intra_op_spinning_reaches_the_session(
     default.close()
 
 
+def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle) -> None:
+    """``serve --workers``: a worker pinned to one CPU holds a second session with a thread
+    per CPU of the group and runs a batch on it when ``when()`` says the others are idle;
+    every batch, on either session, is reported to the peers (started, then ended)."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        pytest.skip(f"needs two CPUs to borrow one; this process may use {len(cpus)}")
+    backend = create_backend(bundle, provider="cpu", intra_op_threads=1)
+    assert isinstance(backend, OrtBackend)
+    calls: list[str] = []
+
+    class Peers:
+        idle = False
+
+        def started(self) -> None:
+            calls.append("started")
+
+        def ended(self) -> None:
+            calls.append("ended")
+
+    peers = Peers()
+    mine = os.sched_getaffinity(0)
+    assert not backend.enable_burst(cpus[:1], lambda: True)  # no more CPUs than it has
+    assert backend.enable_burst(cpus, lambda: peers.idle, peers)
+    assert os.sched_getaffinity(0) == mine  # widened only while the session was made
+    ids, mask = random_batch(np.random.default_rng(3))
+    own = backend.encode(ids, mask)
+    assert backend.burst_batches == 0
+    peers.idle = True
+    burst = backend.encode(ids, mask)
+    assert backend.burst_batches == 1
+    np.testing.assert_allclose(burst, own, atol=1e-5)
+    np.testing.assert_allclose(burst, reference(ids, mask), atol=1e-5)
+    assert calls == ["started", "ended"] * 2
+    info = backend.describe()
+    assert info["burst_threads"] == len(cpus) and info["burst_batches"] == 1
+    backend.close()
+    assert not backend.enable_burst(cpus, lambda: True)  # closed
+
+
 def test_padding_does_not_change_embeddings(bundle: Bundle) -> None:
     """What length bucketing relies on: a sequence's row is the same at any padded width."""
     backend = create_backend(bundle, provider="cpu")

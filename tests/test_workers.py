@@ -18,7 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from explorank.benchmarks.latency.connections import Connections, open_connections
-from explorank.engine.workers import cpu_shares, merge_metrics, worker_identity
+from explorank.engine.workers import (
+    WORKER_ACTIVITY_ENV,
+    WORKER_ENV,
+    PeerActivity,
+    cpu_shares,
+    merge_metrics,
+    peer_activity,
+    worker_identity,
+)
 from explorank.errors import ConfigError
 from explorank.v1 import ranker_pb2, ranker_pb2_grpc
 from tests.server_harness import ProcessServer, free_port
@@ -49,6 +57,42 @@ def test_worker_identity_and_bad_counts() -> None:
             worker_identity({"EXPLORANK_WORKER": bad})
     with pytest.raises(ConfigError, match="workers"):
         cpu_shares([0, 1], 0)
+
+
+def test_peer_activity_tells_a_worker_when_the_others_are_idle(tmp_path: Path) -> None:
+    """Three workers mapping one file: a worker is idle to the others when it computes no
+    batch and ended its last one over ``quiet_s`` ago; a batch "computing" for longer than
+    ``stale_s`` is a worker that died in it."""
+    path = tmp_path / "activity"
+    PeerActivity.create(path, 3)
+    w = [PeerActivity(path, i, 3, quiet_s=0.05) for i in range(3)]
+    t = 1000.0
+    assert all(p.others_idle(t) for p in w)  # nobody has run anything
+    w[1].started(t)
+    assert not w[0].others_idle(t + 0.01) and not w[2].others_idle(t + 0.01)
+    assert w[1].others_idle(t + 0.01)  # its own batch does not count
+    w[1].ended(t + 0.02)
+    assert not w[0].others_idle(t + 0.05)  # ended 30 ms ago: within quiet_s
+    assert w[0].others_idle(t + 0.08)
+    w[2].started(t + 0.1)  # and never ends: the worker died in the batch
+    assert not w[0].others_idle(t + 1.0)
+    assert w[0].others_idle(t + 0.1 + 61.0)
+    # the file is shared: a fresh mapping sees what the others wrote
+    again = PeerActivity(path, 0, 3)
+    assert not again.others_idle(t + 0.11)
+    for p in (*w, again):
+        p.close()
+    with pytest.raises(ConfigError, match="too small"):
+        PeerActivity(path, 0, 4)
+    with pytest.raises(ConfigError, match="not in"):
+        PeerActivity(path, 3, 3)
+    # a worker finds it through its environment; anything else has none
+    env = {WORKER_ENV: "1/3", WORKER_ACTIVITY_ENV: str(path)}
+    found = peer_activity(env)
+    assert found is not None and (found.index, found.count) == (1, 3)
+    found.close()
+    assert peer_activity({WORKER_ACTIVITY_ENV: str(path)}) is None
+    assert peer_activity({WORKER_ENV: "1/3"}) is None
 
 
 def test_merged_metrics_label_every_sample_once_per_family() -> None:
@@ -140,6 +184,9 @@ def test_two_workers_share_the_port_and_the_store(tiny_bundle: Path, tmp_path: P
         srv.wait_ready(240)
         pids = _worker_pids(srv.output())
         assert set(pids) == {0, 1} and os.getpid() not in pids.values()
+        if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
+            # one CPU each, and a session on both for when the other is idle
+            assert srv.output().count("burst session with") == 2, srv.output()
         events = []
         for i in range(24):
             channel, stub = _fresh_stub(srv.address)
@@ -159,6 +206,7 @@ def test_two_workers_share_the_port_and_the_store(tiny_bundle: Path, tmp_path: P
         counts = _counts_by_worker(text)
         assert set(counts) == {"0", "1"} and sum(counts.values()) == 24, counts
         assert 'explorank_worker_up{worker="0"} 1' in text
+        assert 'explorank_encoder_burst_batches{worker="1"}' in text
         # GetInfo says which worker a connection reached; the benchmark's connections use it
         # to load both workers equally (calls alternate workers round-robin over the list)
         conns, answered = asyncio.run(_balanced(srv.address, 4))

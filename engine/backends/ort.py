@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ class OrtBackend(Backend):
         self._closed = False
         self._graphs: _CudaGraphs | None = None
         self._graph_mode = "off"
+        #: the session with a thread per CPU of a ``serve --workers`` group (enable_burst)
+        self._burst: Any = None
+        self._burst_when: Callable[[], bool] | None = None
+        self._activity: Any = None
+        self.burst_threads = 0
+        self.burst_batches = 0
         self.cuda_graphs = "off (not enabled)"
 
         gpus = cuda_device_count()
@@ -342,7 +348,17 @@ class OrtBackend(Backend):
             if self._io_binding:
                 out = self._run_bound(session, feeds)
             else:
-                out = session.run([self._output], feeds)[0]
+                burst, when, activity = self._burst, self._burst_when, self._activity
+                if burst is not None and when is not None and when():
+                    session = burst
+                    self.burst_batches += 1
+                if activity is not None:
+                    activity.started()
+                try:
+                    out = session.run([self._output], feeds)[0]
+                finally:
+                    if activity is not None:
+                        activity.ended()
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (ids.shape[0], self.embedding_dim):
             raise BundleError(
@@ -424,11 +440,47 @@ class OrtBackend(Backend):
                 self.cuda_graphs = f"off: a graph run failed ({exc})"
                 return None
 
+    def enable_burst(
+        self, cpus: Sequence[int], when: Callable[[], bool], activity: Any = None
+    ) -> bool:
+        """Hold a second CPU session with one thread per CPU in ``cpus`` and run a batch on
+        it whenever ``when()`` is true (:mod:`explorank.engine.workers`: the other workers
+        of the group are idle). ``activity`` (``started()``/``ended()``) is told about every
+        batch, so that the other workers can tell in turn. The session's threads are created
+        with this thread's affinity widened to ``cpus`` for the moment, so they may run
+        where the process itself is not pinned. Returns False, and changes nothing, unless
+        this is a CPU session with fewer threads than ``cpus``."""
+        import onnxruntime as ort
+
+        if self.provider != CPU_EP or len(cpus) <= self.intra_op_threads or self._closed:
+            return False
+        opts = self._session_options()
+        opts.intra_op_num_threads = len(cpus)
+        pinned = hasattr(os, "sched_getaffinity")
+        mine = os.sched_getaffinity(0) if pinned else None
+        if pinned:
+            os.sched_setaffinity(0, cpus)
+        try:
+            burst = ort.InferenceSession(str(self.model_path), opts, providers=[CPU_EP])
+        finally:
+            if mine is not None:
+                os.sched_setaffinity(0, mine)
+        self._burst, self._burst_when, self._activity = burst, when, activity
+        self.burst_threads = len(cpus)
+        log.info(
+            "onnxruntime: burst session with %d threads (CPUs %s) for when the other workers "
+            "are idle",
+            len(cpus),
+            ",".join(map(str, cpus)),
+        )
+        return True
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._session = None
+                self._burst = None
                 self._graphs = None
 
     def describe(self) -> dict[str, Any]:
@@ -450,6 +502,9 @@ class OrtBackend(Backend):
                 "onnxruntime_version": ort.__version__,
             }
         )
+        if self.burst_threads:
+            info["burst_threads"] = self.burst_threads
+            info["burst_batches"] = self.burst_batches
         if self._io_binding:
             info["cuda_graphs"] = self.cuda_graphs
             graphs = self._graphs
