@@ -161,7 +161,8 @@ class EngineMetrics:
         self.encoder_cost.labels("per_token").set_function(term("per_token"))
 
     def watch_backend(self, get: Callable[[], Any]) -> None:
-        """Report what the encoder backend ``get()`` returns counts (followed across reloads)."""
+        """Report the counts of the encoder backend ``get()`` returns (looked up when scraped:
+        a reload's new backend is followed)."""
         self.burst_batches.set_function(lambda: float(getattr(get(), "burst_batches", 0)))
 
     def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:

@@ -103,8 +103,9 @@ def _check_text(value: str, name: str, limits: LimitsConfig) -> None:
 
 def _ids_valid(ids: list[str], limits: LimitsConfig) -> bool:
     """True when every id in ``ids`` passes :func:`_check_id` (required): the checks of a
-    long list at once (a Rank's 100 candidate ids in ~10 µs instead of ~150 µs). False when
-    any might not; the caller then checks them one by one for the error message."""
+    long list at once (with :func:`_texts_valid`, validating a 100-candidate Rank takes 22
+    instead of 252 µs). False when any might not; the caller then checks them one by one
+    for the error message."""
     if not ids:
         return True
     if not all(ids) or max(map(len, ids)) > limits.max_id_chars:

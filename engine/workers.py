@@ -23,17 +23,14 @@ A worker learns its place from the environment: ``EXPLORANK_WORKER`` (``i/N``) a
 ``EXPLORANK_WORKER_CPUS`` (the CPUs it is pinned to).
 
 **Borrowing idle cores** (``server.worker_burst``, on by default). Pinned to its share, a
-worker that alone has traffic — one client, one connection — would use one core of two
-while the other idles (25 against one worker's 40 req/s at 1 client on two cores). So each
-worker also holds a second encoder session with a thread per CPU of the whole group, and
-runs a batch on it when every other worker has been idle for a while; otherwise on its own
-share. "Idle" means no batch for a second (:class:`PeerActivity` ``quiet_s``): a shorter
-quiet time let a worker burst between the batches of a busy sibling, and the burst
-session's spinning threads then slowed that sibling (two workers, two cores, one client
-alternating between them: 21 against 29 req/s). The workers see each other's activity
-through a small shared file
-(``EXPLORANK_WORKER_ACTIVITY``, :class:`PeerActivity`; the group's CPUs are in
-``EXPLORANK_WORKER_GROUP_CPUS``).
+worker that alone has traffic (one client on one connection) would use one core of two while
+the other idles. So each worker also holds a second encoder session with a thread per CPU of
+the whole group, and runs a batch on it when no other worker has computed one for a second
+(:class:`PeerActivity` ``quiet_s``); otherwise on its own share. A shorter quiet time let a
+worker burst between the batches of a busy sibling, whose core the burst session's spinning
+threads then held (one client alternating between two workers: 21 against 29 req/s). The
+workers see each other's activity through a small shared file (``EXPLORANK_WORKER_ACTIVITY``;
+the group's CPUs are in ``EXPLORANK_WORKER_GROUP_CPUS``).
 """
 
 from __future__ import annotations
