@@ -120,7 +120,7 @@ def _enable_burst(backend: Any) -> None:
     enable = getattr(backend, "enable_burst", None)
     if peers is None or enable is None:
         return
-    enable(group_cpus(), peers.others_idle, peers)
+    enable(group_cpus(), peers)
 
 
 def prepare(

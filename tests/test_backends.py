@@ -203,6 +203,9 @@ def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle
     class Peers:
         idle = False
 
+        def others_idle(self) -> bool:
+            return self.idle
+
         def started(self) -> None:
             calls.append("started")
 
@@ -211,8 +214,8 @@ def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle
 
     peers = Peers()
     mine = os.sched_getaffinity(0)
-    assert not backend.enable_burst(cpus[:1], lambda: True)  # no more CPUs than it has
-    assert backend.enable_burst(cpus, lambda: peers.idle, peers)
+    assert not backend.enable_burst(cpus[:1], peers)  # no more CPUs than it has
+    assert backend.enable_burst(cpus, peers)
     assert os.sched_getaffinity(0) == mine  # widened only while the session was made
     ids, mask = random_batch(np.random.default_rng(3))
     own = backend.encode(ids, mask)
@@ -226,7 +229,7 @@ def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle
     info = backend.describe()
     assert info["burst_threads"] == len(cpus) and info["burst_batches"] == 1
     backend.close()
-    assert not backend.enable_burst(cpus, lambda: True)  # closed
+    assert not backend.enable_burst(cpus, peers)  # closed
 
 
 def test_padding_does_not_change_embeddings(bundle: Bundle) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,7 @@ class OrtBackend(Backend):
         self._graph_mode = "off"
         #: the session with a thread per CPU of a ``serve --workers`` group (enable_burst)
         self._burst: Any = None
-        self._burst_when: Callable[[], bool] | None = None
-        self._activity: Any = None
+        self._peers: Any = None
         self.burst_threads = 0
         self.burst_batches = 0
         self.cuda_graphs = "off (not enabled)"
@@ -348,17 +347,17 @@ class OrtBackend(Backend):
             if self._io_binding:
                 out = self._run_bound(session, feeds)
             else:
-                burst, when, activity = self._burst, self._burst_when, self._activity
-                if burst is not None and when is not None and when():
-                    session = burst
-                    self.burst_batches += 1
-                if activity is not None:
-                    activity.started()
+                burst, peers = self._burst, self._peers
+                if peers is not None:
+                    if burst is not None and peers.others_idle():
+                        session = burst
+                        self.burst_batches += 1
+                    peers.started()
                 try:
                     out = session.run([self._output], feeds)[0]
                 finally:
-                    if activity is not None:
-                        activity.ended()
+                    if peers is not None:
+                        peers.ended()
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (ids.shape[0], self.embedding_dim):
             raise BundleError(
@@ -440,16 +439,14 @@ class OrtBackend(Backend):
                 self.cuda_graphs = f"off: a graph run failed ({exc})"
                 return None
 
-    def enable_burst(
-        self, cpus: Sequence[int], when: Callable[[], bool], activity: Any = None
-    ) -> bool:
+    def enable_burst(self, cpus: Sequence[int], peers: Any) -> bool:
         """Hold a second CPU session with one thread per CPU in ``cpus`` and run a batch on
-        it whenever ``when()`` is true (:mod:`explorank.engine.workers`: the other workers
-        of the group are idle). ``activity`` (``started()``/``ended()``) is told about every
-        batch, so that the other workers can tell in turn. The session's threads are created
-        with this thread's affinity widened to ``cpus`` for the moment, so they may run
-        where the process itself is not pinned. Returns False, and changes nothing, unless
-        this is a CPU session with fewer threads than ``cpus``."""
+        it whenever ``peers.others_idle()`` (a :class:`~explorank.engine.workers.PeerActivity`:
+        the other workers of the group are idle); ``peers.started()``/``ended()`` are told
+        about every batch, so that the other workers can tell in turn. The session's threads
+        are created with this thread's affinity widened to ``cpus`` for the moment, so they
+        may run where the process itself is not pinned. Returns False, and changes nothing,
+        unless this is a CPU session with fewer threads than ``cpus``."""
         import onnxruntime as ort
 
         if self.provider != CPU_EP or len(cpus) <= self.intra_op_threads or self._closed:
@@ -465,7 +462,7 @@ class OrtBackend(Backend):
         finally:
             if mine is not None:
                 os.sched_setaffinity(0, mine)
-        self._burst, self._burst_when, self._activity = burst, when, activity
+        self._burst, self._peers = burst, peers
         self.burst_threads = len(cpus)
         log.info(
             "onnxruntime: burst session with %d threads (CPUs %s) for when the other workers "
