@@ -826,23 +826,31 @@ class DynamicBatcher:
         return shapes
 
     async def warmup(
-        self, shapes: Sequence[tuple[int, int]] | None = None
+        self,
+        shapes: Sequence[tuple[int, int]] | None = None,
+        *,
+        encode_fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+        label: str = "the encoder",
     ) -> list[tuple[int, int]]:
         """Run each shape through ``encode_fn`` once (off the loop); returns the shapes run.
 
         Lazy backends (TensorRT profiles, cuDNN autotuning, ORT's first-run allocations)
-        pay their one-time costs here rather than on a client's request.
+        pay their one-time costs here rather than on a client's request. Another
+        ``encode_fn`` (a second session of the same encoder) is warmed the same way, and its
+        times are not taken as the encoder's cost for admission.
         """
         shapes = list(shapes) if shapes is not None else self.warmup_shapes()
+        fn = self._encode_fn if encode_fn is None else encode_fn
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        log.info("warming up the encoder: %d shapes", len(shapes))
+        log.info("warming up %s: %d shapes", label, len(shapes))
         for i, (b, length) in enumerate(shapes, 1):
             ids = np.full((b, length), self.pad_id, dtype=np.int64)
             mask = np.ones((b, length), dtype=np.int64)
             t_shape = time.perf_counter()
-            out = await loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
-            self.admission.service.observe(time.perf_counter() - t_shape, b * length)
+            out = await loop.run_in_executor(self._executor, fn, ids, mask)
+            if encode_fn is None:
+                self.admission.service.observe(time.perf_counter() - t_shape, b * length)
             if np.asarray(out).shape[0] != b:
                 raise RuntimeError(
                     f"encode_fn returned {np.asarray(out).shape} for a warm-up batch of {b}"

@@ -130,6 +130,8 @@ class Embedder:
             return 0.0
         t0 = time.perf_counter()
         await self.batcher.warmup()
+        if getattr(self.backend, "burst_threads", 0):  # serve --workers: the burst session too
+            await self.batcher.warmup(encode_fn=self.backend.warm_burst, label="the burst session")
         return time.perf_counter() - t0
 
     def healthy(self) -> tuple[bool, str]:

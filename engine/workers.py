@@ -25,12 +25,15 @@ A worker learns its place from the environment: ``EXPLORANK_WORKER`` (``i/N``) a
 **Borrowing idle cores** (``server.worker_burst``, on by default). Pinned to its share, a
 worker that alone has traffic (one client on one connection) would use one core of two while
 the other idles. So each worker also holds a second encoder session with a thread per CPU of
-the whole group, and runs a batch on it when no other worker has computed one for a second
-(:class:`PeerActivity` ``quiet_s``); otherwise on its own share. A shorter quiet time let a
-worker burst between the batches of a busy sibling, whose core the burst session's spinning
-threads then held (one client alternating between two workers: 21 against 29 req/s). The
-workers see each other's activity through a small shared file (``EXPLORANK_WORKER_ACTIVITY``;
-the group's CPUs are in ``EXPLORANK_WORKER_GROUP_CPUS``).
+the whole group, and runs a batch on it when no other worker is computing one and either
+none has computed one for a second or no two workers' batches overlapped for a second
+(:class:`PeerActivity` ``quiet_s``): the group's work is then serial, as when one client's
+calls alternate between workers. Otherwise it runs on its own share: bursting between the
+batches of busy siblings would take their cores. The burst session's threads stop spinning
+when its batch ends (``session.force_spinning_stop``), so that they do not hold a core the
+next worker's batch needs. The workers see each other's activity through a small shared
+file (``EXPLORANK_WORKER_ACTIVITY``; the group's CPUs are in
+``EXPLORANK_WORKER_GROUP_CPUS``).
 """
 
 from __future__ import annotations
@@ -103,15 +106,18 @@ def pin_worker_cpus(environ: dict[str, str] | None = None) -> list[int] | None:
 
 class PeerActivity:
     """When each worker of a group last ran an encoder batch, shared through a file that
-    every worker maps: per worker two doubles, the ``time.monotonic()`` (one clock for the
-    whole machine) at which its current batch started and at which its last one ended.
+    every worker maps: per worker three doubles, the ``time.monotonic()`` (one clock for the
+    whole machine) at which its current batch started, at which its last one ended, and at
+    which it last started a batch while another worker was computing one (an *overlap*).
 
     :meth:`others_idle` is what the burst session asks (module docstring): no other worker
-    is computing a batch, and none ended one within ``quiet_s``. Two workers that both see
-    the other idle at the same instant both burst for that batch: the cores are shared for
-    one batch, nothing worse."""
+    is computing a batch, and either none ended one within ``quiet_s`` or no two workers'
+    batches overlapped within ``quiet_s`` (the group's work is serial: one client whose
+    calls alternate between workers). Two workers that both see the other idle at the same
+    instant both burst for that batch: the cores are shared for one batch, the overlap is
+    recorded, and neither bursts next to the other again for ``quiet_s``."""
 
-    SLOT = 16  # bytes per worker: started, ended
+    SLOT = 24  # bytes per worker: started, ended, overlapped
 
     def __init__(
         self, path: str | os.PathLike[str], index: int, count: int, *, quiet_s: float = 1.0
@@ -131,26 +137,37 @@ class PeerActivity:
         """The file for ``count`` workers, all idle (the supervisor's part)."""
         Path(path).write_bytes(bytes(count * PeerActivity.SLOT))
 
-    def started(self, now: float | None = None) -> None:
-        self._slots[2 * self.index] = time.monotonic() if now is None else now
+    def _computing(self, j: int, now: float, stale_s: float) -> bool:
+        """Worker ``j`` is in a batch (one "computing" for over ``stale_s`` is a worker that
+        died in it: not counted)."""
+        started = self._slots[3 * j]
+        return started > self._slots[3 * j + 1] and now - started < stale_s
 
-    def ended(self, now: float | None = None) -> None:
-        self._slots[2 * self.index + 1] = time.monotonic() if now is None else now
-
-    def others_idle(self, now: float | None = None, *, stale_s: float = 60.0) -> bool:
-        """True when no other worker computes a batch or ended one within ``quiet_s``. A
-        batch "computing" for over ``stale_s`` is a worker that died in it: not counted."""
+    def started(self, now: float | None = None, *, stale_s: float = 60.0) -> None:
         now = time.monotonic() if now is None else now
         slots = self._slots
+        slots[3 * self.index] = now
+        if any(self._computing(j, now, stale_s) for j in range(self.count) if j != self.index):
+            slots[3 * self.index + 2] = now
+
+    def ended(self, now: float | None = None) -> None:
+        self._slots[3 * self.index + 1] = time.monotonic() if now is None else now
+
+    def others_idle(self, now: float | None = None, *, stale_s: float = 60.0) -> bool:
+        """True when no other worker computes a batch, and either none ended one or no
+        batches overlapped within ``quiet_s``."""
+        now = time.monotonic() if now is None else now
+        slots, quiet = self._slots, self.quiet_s
+        recent_end = False
         for j in range(self.count):
             if j == self.index:
                 continue
-            started, ended = slots[2 * j], slots[2 * j + 1]
-            if started > ended and now - started < stale_s:
+            if self._computing(j, now, stale_s):
                 return False
-            if now - ended < self.quiet_s:
-                return False
-        return True
+            recent_end = recent_end or now - slots[3 * j + 1] < quiet
+        if not recent_end:
+            return True
+        return all(now - slots[3 * j + 2] >= quiet for j in range(self.count))
 
     def close(self) -> None:
         self._slots.release()

@@ -214,12 +214,19 @@ def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle
 
     peers = Peers()
     mine = os.sched_getaffinity(0)
+    ids, mask = random_batch(np.random.default_rng(3))
+    assert backend.warm_burst(ids, mask) is None  # no burst session yet
     assert not backend.enable_burst(cpus[:1], peers)  # no more CPUs than it has
     assert backend.enable_burst(cpus, peers)
     assert os.sched_getaffinity(0) == mine  # widened only while the session was made
-    ids, mask = random_batch(np.random.default_rng(3))
+    # its threads stop spinning when a batch ends (they run on the other workers' cores)
+    opts = backend._burst.get_session_options()
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
     own = backend.encode(ids, mask)
     assert backend.burst_batches == 0
+    warm = backend.warm_burst(ids, mask)  # the warm-up's run: no peer told, none counted
+    assert warm is not None and backend.burst_batches == 0 and calls == ["started", "ended"]
+    np.testing.assert_allclose(warm, own, atol=1e-5)
     peers.idle = True
     burst = backend.encode(ids, mask)
     assert backend.burst_batches == 1

@@ -533,6 +533,26 @@ def test_warmup_covers_every_bucket_and_batch_size() -> None:
     assert len(enc.calls) == 15
 
 
+def test_warmup_of_a_second_session_leaves_the_cost_model_alone() -> None:
+    """``serve --workers``' burst session is warmed through the same shapes; its (slow,
+    first-run) times do not become the encoder's cost that admission predicts with."""
+    enc, other = FakeEncoder(), FakeEncoder()
+
+    async def main() -> None:
+        b = DynamicBatcher(enc, max_batch_size=4, length_buckets=(8, 16))
+        await b.warmup()
+        service = b.admission.service
+        fitted = (service.per_token, service.overhead, service.cheapest)
+        assert service.per_token is not None
+        shapes = await b.warmup(encode_fn=other, label="the burst session")
+        assert shapes == b.warmup_shapes()
+        assert (service.per_token, service.overhead, service.cheapest) == fitted
+
+    run(main)
+    assert [ids.shape for ids, _ in other.calls] == [ids.shape for ids, _ in enc.calls]
+    assert len(enc.calls) == 6
+
+
 def test_real_onnx_model_through_the_batcher(tmp_path: Any) -> None:
     """Batched, bucketed ORT results equal each sequence encoded alone."""
     from test_backends import make_bundle  # the hand-built ONNX encoder

@@ -61,8 +61,9 @@ def test_worker_identity_and_bad_counts() -> None:
 
 def test_peer_activity_tells_a_worker_when_the_others_are_idle(tmp_path: Path) -> None:
     """Three workers mapping one file: a worker is idle to the others when it computes no
-    batch and ended its last one over ``quiet_s`` ago; a batch "computing" for longer than
-    ``stale_s`` is a worker that died in it."""
+    batch and either ended its last one over ``quiet_s`` ago or no two workers' batches have
+    overlapped within ``quiet_s`` (serial work: one client alternating between workers); a
+    batch "computing" for longer than ``stale_s`` is a worker that died in it."""
     path = tmp_path / "activity"
     PeerActivity.create(path, 3)
     w = [PeerActivity(path, i, 3, quiet_s=0.05) for i in range(3)]
@@ -72,8 +73,18 @@ def test_peer_activity_tells_a_worker_when_the_others_are_idle(tmp_path: Path) -
     assert not w[0].others_idle(t + 0.01) and not w[2].others_idle(t + 0.01)
     assert w[1].others_idle(t + 0.01)  # its own batch does not count
     w[1].ended(t + 0.02)
-    assert not w[0].others_idle(t + 0.05)  # ended 30 ms ago: within quiet_s
-    assert w[0].others_idle(t + 0.08)
+    assert w[0].others_idle(t + 0.025)  # ended 5 ms ago, but nothing overlapped: serial
+    # w[0] bursts; w[2] starts a batch while it computes: an overlap, seen by all three
+    w[0].started(t + 0.03)
+    w[2].started(t + 0.035)
+    assert not w[1].others_idle(t + 0.036)
+    w[0].ended(t + 0.04)
+    w[2].ended(t + 0.045)
+    for p in w:  # within quiet_s of the overlap and of the others' last batches
+        assert not p.others_idle(t + 0.05)
+    # quiet_s after the overlap but not after the last batch ended: serial again
+    assert w[1].others_idle(t + 0.0851)
+    assert all(p.others_idle(t + 0.0951) for p in w)  # quiet_s after every batch
     w[2].started(t + 0.1)  # and never ends: the worker died in the batch
     assert not w[0].others_idle(t + 1.0)
     assert w[0].others_idle(t + 0.1 + 61.0)
@@ -187,6 +198,7 @@ def test_two_workers_share_the_port_and_the_store(tiny_bundle: Path, tmp_path: P
         if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
             # one CPU each, and a session on both for when the other is idle
             assert srv.output().count("burst session with") == 2, srv.output()
+            assert srv.output().count("warming up the burst session") == 2, srv.output()
         events = []
         for i in range(24):
             channel, stub = _fresh_stub(srv.address)
