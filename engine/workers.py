@@ -25,15 +25,13 @@ A worker learns its place from the environment: ``EXPLORANK_WORKER`` (``i/N``) a
 **Borrowing idle cores** (``server.worker_burst``, on by default). Pinned to its share, a
 worker that alone has traffic (one client on one connection) would use one core of two while
 the other idles. So each worker also holds a second encoder session with a thread per CPU of
-the whole group, and runs a batch on it when no other worker is computing one and either
-none has computed one for a second or no two workers' batches overlapped for a second
-(:class:`PeerActivity` ``quiet_s``): the group's work is then serial, as when one client's
-calls alternate between workers. Otherwise it runs on its own share: bursting between the
-batches of busy siblings would take their cores. The burst session's threads stop spinning
-when its batch ends (``session.force_spinning_stop``), so that they do not hold a core the
-next worker's batch needs. The workers see each other's activity through a small shared
-file (``EXPLORANK_WORKER_ACTIVITY``; the group's CPUs are in
-``EXPLORANK_WORKER_GROUP_CPUS``).
+the whole group, and runs a batch on it while the group's work is serial — the others idle,
+or one client's calls alternating between workers (:class:`PeerActivity` has the rule).
+Otherwise it runs on its own share: bursting between the batches of busy siblings would
+take their cores. The burst session's threads stop spinning when its batch ends
+(``session.force_spinning_stop``), so that they do not hold a core the next worker's batch
+needs. The workers see each other's activity through a small shared file
+(``EXPLORANK_WORKER_ACTIVITY``; the group's CPUs are in ``EXPLORANK_WORKER_GROUP_CPUS``).
 """
 
 from __future__ import annotations
