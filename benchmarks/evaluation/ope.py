@@ -101,9 +101,15 @@ def _positive(name: str, value: float) -> float:
 
 
 def effective_sample_size(weights: np.ndarray) -> float:
-    """Kish's effective sample size ``(Σw)² / Σw²`` (0 when every weight is 0)."""
-    sq = float(np.dot(weights, weights))
-    return 0.0 if sq == 0.0 else float(weights.sum()) ** 2 / sq
+    """Kish's effective sample size ``(Σw)² / Σw²`` (0 when every weight is 0). The weights
+    are scaled by their largest first (the ratio does not change): squares of tiny weights
+    (~1e-158) are subnormal and lost precision, giving an ESS above the sample size."""
+    weights = np.asarray(weights, dtype=np.float64)
+    top = float(np.abs(weights).max()) if weights.size else 0.0
+    if top == 0.0:
+        return 0.0
+    w = weights / top
+    return float(w.sum()) ** 2 / float(np.dot(w, w))
 
 
 def _mean_estimate(name: str, terms: np.ndarray, weights: np.ndarray) -> Estimate:
