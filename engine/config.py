@@ -106,7 +106,7 @@ class ServerConfig(_Section):
     #: CPUs; they share the state store (docs/operations.md, "Several worker processes").
     workers: int = Field(1, ge=1, le=256)
     #: With several workers, a worker runs a batch on a second encoder session with a thread
-    #: per CPU of the whole group while the other workers are idle (docs/operations.md).
+    #: per CPU of the whole group while the group's work is serial (docs/operations.md).
     worker_burst: bool = True
     #: Serve the Open Inference Protocol (KServe v2, ``inference.GRPCInferenceService``:
     #: models ``encoder`` and ``rank``) on the same port, next to ``explorank.v1.Ranker``.

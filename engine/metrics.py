@@ -135,8 +135,8 @@ class EngineMetrics:
         )
         self.burst_batches = Gauge(
             "explorank_encoder_burst_batches",
-            "Encoder batches run on the burst session (serve --workers: the other workers "
-            "idle) since the encoder was loaded",
+            "Encoder batches run on the burst session (serve --workers: the group's work "
+            "serial) since the encoder was loaded",
             registry=r,
         )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)

@@ -97,9 +97,13 @@ def pin_worker_cpus(environ: dict[str, str] | None = None) -> list[int] | None:
     raw = (os.environ if environ is None else environ).get(WORKER_CPUS_ENV, "")
     if not raw or not hasattr(os, "sched_setaffinity"):
         return None
-    cpus = [int(c) for c in raw.split(",") if c.strip()]
+    cpus = _cpu_list(raw)
     os.sched_setaffinity(0, cpus)
     return cpus
+
+
+def _cpu_list(raw: str) -> list[int]:
+    return [int(c) for c in raw.split(",") if c.strip()]
 
 
 class PeerActivity:
@@ -118,11 +122,18 @@ class PeerActivity:
     SLOT = 24  # bytes per worker: started, ended, overlapped
 
     def __init__(
-        self, path: str | os.PathLike[str], index: int, count: int, *, quiet_s: float = 1.0
+        self,
+        path: str | os.PathLike[str],
+        index: int,
+        count: int,
+        *,
+        quiet_s: float = 1.0,
+        stale_s: float = 60.0,
     ) -> None:
         if not 0 <= index < count:
             raise ConfigError(f"worker index {index} is not in 0..{count - 1}")
-        self.index, self.count, self.quiet_s = index, count, float(quiet_s)
+        self.index, self.count = index, count
+        self.quiet_s, self.stale_s = float(quiet_s), float(stale_s)
         with open(path, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size < count * self.SLOT:
@@ -135,23 +146,23 @@ class PeerActivity:
         """The file for ``count`` workers, all idle (the supervisor's part)."""
         Path(path).write_bytes(bytes(count * PeerActivity.SLOT))
 
-    def _computing(self, j: int, now: float, stale_s: float) -> bool:
+    def _computing(self, j: int, now: float) -> bool:
         """Worker ``j`` is in a batch (one "computing" for over ``stale_s`` is a worker that
         died in it: not counted)."""
         started = self._slots[3 * j]
-        return started > self._slots[3 * j + 1] and now - started < stale_s
+        return started > self._slots[3 * j + 1] and now - started < self.stale_s
 
-    def started(self, now: float | None = None, *, stale_s: float = 60.0) -> None:
+    def started(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         slots = self._slots
         slots[3 * self.index] = now
-        if any(self._computing(j, now, stale_s) for j in range(self.count) if j != self.index):
+        if any(self._computing(j, now) for j in range(self.count) if j != self.index):
             slots[3 * self.index + 2] = now
 
     def ended(self, now: float | None = None) -> None:
         self._slots[3 * self.index + 1] = time.monotonic() if now is None else now
 
-    def others_idle(self, now: float | None = None, *, stale_s: float = 60.0) -> bool:
+    def others_idle(self, now: float | None = None) -> bool:
         """True when no other worker computes a batch, and either none ended one or no
         batches overlapped within ``quiet_s``."""
         now = time.monotonic() if now is None else now
@@ -160,7 +171,7 @@ class PeerActivity:
         for j in range(self.count):
             if j == self.index:
                 continue
-            if self._computing(j, now, stale_s):
+            if self._computing(j, now):
                 return False
             recent_end = recent_end or now - slots[3 * j + 1] < quiet
         if not recent_end:
@@ -194,8 +205,7 @@ def peer_activity(environ: dict[str, str] | None = None) -> PeerActivity | None:
 def group_cpus(environ: dict[str, str] | None = None) -> list[int]:
     """The CPUs of the whole group of workers (``EXPLORANK_WORKER_GROUP_CPUS``); empty when
     not a worker."""
-    raw = (os.environ if environ is None else environ).get(WORKER_GROUP_CPUS_ENV, "")
-    return [int(c) for c in raw.split(",") if c.strip()]
+    return _cpu_list((os.environ if environ is None else environ).get(WORKER_GROUP_CPUS_ENV, ""))
 
 
 def cpu_shares(cpus: Sequence[int], workers: int) -> list[list[int]]:

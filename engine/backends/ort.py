@@ -446,7 +446,7 @@ class OrtBackend(Backend):
     def enable_burst(self, cpus: Sequence[int], peers: Any) -> bool:
         """Hold a second CPU session with one thread per CPU in ``cpus`` and run a batch on
         it whenever ``peers.others_idle()`` (a :class:`~explorank.engine.workers.PeerActivity`:
-        the other workers of the group are idle); ``peers.started()``/``ended()`` are told
+        the group's work is serial); ``peers.started()``/``ended()`` are told
         about every batch, so that the other workers can tell in turn. The session's threads
         are created with this thread's affinity widened to ``cpus`` for the moment, so they
         may run where the process itself is not pinned. Returns False, and changes nothing,
@@ -474,8 +474,8 @@ class OrtBackend(Backend):
         self._burst, self._peers = burst, peers
         self.burst_threads = len(cpus)
         log.info(
-            "onnxruntime: burst session with %d threads (CPUs %s) for when the other workers "
-            "are idle",
+            "onnxruntime: burst session with %d threads (CPUs %s) for when the group's work "
+            "is serial",
             len(cpus),
             ",".join(map(str, cpus)),
         )
