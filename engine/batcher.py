@@ -212,8 +212,9 @@ class DynamicBatcher:
 
     ``encode_fn(input_ids, attention_mask) -> (batch, d)`` is typically
     ``Backend.encode``. ``max_batch_size=1`` disables batching (each request runs alone,
-    still off the loop). ``max_inflight_batches`` > 1 lets the next batch be queued on
-    the executor before the current one ends (only useful with a multi-thread executor).
+    still off the loop). ``max_inflight_batches`` > 1 computes that many batches at once,
+    on as many executor threads (the encoder's lanes: ``OrtBackend.enable_lanes``); the
+    cost model then takes a batch's time divided by the batches computing alongside it.
     """
 
     def __init__(
@@ -282,9 +283,20 @@ class DynamicBatcher:
                 )
         self.warmup_batch_sizes: tuple[int, ...] = tuple(sorted(sizes))
         self._own_executor = executor is None
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="explorank-encode"
+        # One thread per batch in flight, each batch on the first idle one: serial work
+        # keeps to one thread (a thread pool would hand it to whichever thread wakes first).
+        self._executors: list[concurrent.futures.Executor] = (
+            [
+                concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"explorank-encode-{i}"
+                )
+                for i in range(self._max_inflight)
+            ]
+            if executor is None
+            else [executor] * self._max_inflight
         )
+        self._executor = self._executors[0]
+        self._idle_executors = list(range(self._max_inflight))
         self._metrics = metrics
         # observe_dropped is optional: a metrics object without it still works
         self._on_dropped: Callable[[str, int], None] | None = getattr(
@@ -341,7 +353,8 @@ class DynamicBatcher:
         if self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
         if self._own_executor:
-            self._executor.shutdown(wait=False)
+            for ex in self._executors:
+                ex.shutdown(wait=False)
         self._state = "stopped"
 
     @property
@@ -773,8 +786,16 @@ class DynamicBatcher:
                 real += k
             t0 = time.perf_counter()
             t0_ns = time.time_ns()
+            alongside = self._executing
+            lane = min(self._idle_executors)  # a slot is held: one is idle
+            self._idle_executors.remove(lane)
             try:
-                out = await self._loop.run_in_executor(self._executor, self._encode_fn, ids, mask)
+                try:
+                    out = await self._loop.run_in_executor(
+                        self._executors[lane], self._encode_fn, ids, mask
+                    )
+                finally:
+                    self._idle_executors.append(lane)
                 out = np.asarray(out)
                 if out.ndim != 2 or out.shape[0] != n:
                     raise RuntimeError(
@@ -792,7 +813,10 @@ class DynamicBatcher:
                 return
             self.stats.consecutive_failures = 0
             compute_s = time.perf_counter() - t0
-            self.admission.service.observe(compute_s, n * length)
+            # batches computed side by side share the encoder: each took its time for the
+            # throughput of a fraction of it (the cost model predicts waits in series)
+            alongside = max(alongside, self._executing)
+            self.admission.service.observe(compute_s / alongside, n * length)
             for row, req in enumerate(reqs):
                 if req.timer is not None:
                     req.timer.cancel()

@@ -193,7 +193,22 @@ class BackendConfig(_Section):
     #: the server then uses a third less CPU at the same throughput — the cores go to other
     #: processes on the machine (docs/operations.md).
     allow_spinning: bool = True
+    #: Encoder batches computed side by side under concurrent load, each on its own session
+    #: with an equal share of the threads (a batch alone still gets every thread); "auto" =
+    #: 2 on a CPU with two or more threads, else 1 (docs/operations.md, "Encoder lanes").
+    lanes: int | Literal["auto"] = "auto"
     gpu: GpuConfig = Field(default_factory=GpuConfig)
+
+    @field_validator("lanes")
+    @classmethod
+    def _lanes(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= int(v) <= 64:
+            raise ValueError('must be "auto" or a number of lanes in 1..64')
+        return v
+
+    def lane_count(self) -> int:
+        """The lanes asked for ("auto": 2; the backend caps them at its threads)."""
+        return 2 if self.lanes == "auto" else int(self.lanes)
 
 
 class BatchingConfig(_Section):

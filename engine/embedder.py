@@ -124,14 +124,18 @@ class Embedder:
             length_buckets=tuple(b for b in bc.length_buckets if b <= max_len) or (max_len,),
             metrics=self.metrics,
             pad_id=self.tokenizer.pad_id,
+            max_inflight_batches=max(1, int(getattr(self.backend, "lanes", 1))),
         )
         await self.batcher.start()
         if not warmup:
             return 0.0
         t0 = time.perf_counter()
         await self.batcher.warmup()
-        if getattr(self.backend, "burst_threads", 0):  # serve --workers: the burst session too
-            await self.batcher.warmup(encode_fn=self.backend.warm_burst, label="the burst session")
+        # the encoder's other sessions: its lanes, a worker's burst session (every shape)
+        extra = getattr(self.backend, "extra_sessions", None)
+        for label, fn, every_shape in extra() if extra is not None else ():
+            shapes = None if every_shape else [(1, b) for b in self.batcher.length_buckets]
+            await self.batcher.warmup(shapes, encode_fn=fn, label=label)
         return time.perf_counter() - t0
 
     def healthy(self) -> tuple[bool, str]:

@@ -145,6 +145,9 @@ def prepare(
         )
         # On a GPU: the fp16 encoder checked on this GPU, and CUDA graphs (engine/gpu.py).
         backend, choice = finish_gpu_encoder(backend, choice, bundle, tokenizer, config)
+        enable_lanes = getattr(backend, "enable_lanes", None)
+        if enable_lanes is not None and config.backend.lane_count() > 1:
+            enable_lanes(config.backend.lane_count())
         if config.server.worker_burst:
             _enable_burst(backend)
     else:

@@ -139,6 +139,12 @@ class EngineMetrics:
             "serial) since the encoder was loaded",
             registry=r,
         )
+        self.lane_batches = Gauge(
+            "explorank_encoder_lane_batches",
+            "Encoder batches run on a lane (side by side with another batch; backend.lanes) "
+            "since the encoder was loaded",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (soaks, dashboards)
 
     def watch_admission(self, get: Callable[[], Any]) -> None:
@@ -164,6 +170,7 @@ class EngineMetrics:
         """Report the counts of the encoder backend ``get()`` returns (looked up when scraped:
         a reload's new backend is followed)."""
         self.burst_batches.set_function(lambda: float(getattr(get(), "burst_batches", 0)))
+        self.lane_batches.set_function(lambda: float(getattr(get(), "lane_batches", 0)))
 
     def watch_caches(self, caches: Mapping[str, Callable[[], Any]]) -> None:
         """Report each cache (an :class:`~explorank.engine.cache.LRUCache`, looked up when

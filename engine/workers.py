@@ -123,23 +123,42 @@ class PeerActivity:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None,
         index: int,
         count: int,
         *,
         quiet_s: float = 1.0,
         stale_s: float = 60.0,
+        shared: bytearray | None = None,
     ) -> None:
         if not 0 <= index < count:
             raise ConfigError(f"worker index {index} is not in 0..{count - 1}")
         self.index, self.count = index, count
         self.quiet_s, self.stale_s = float(quiet_s), float(stale_s)
+        self._map: mmap.mmap | None = None
+        if shared is not None:  # members inside one process (see in_process)
+            if len(shared) < count * self.SLOT:
+                raise ConfigError(
+                    f"{len(shared)} bytes are too small for {count} members' activity"
+                )
+            self._slots = memoryview(shared).cast("d")
+            return
+        if path is None:
+            raise ConfigError("PeerActivity needs the activity file's path or a shared buffer")
         with open(path, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size < count * self.SLOT:
                 raise ConfigError(f"{path}: {size} bytes, too small for {count} workers' activity")
             self._map = mmap.mmap(fh.fileno(), count * self.SLOT)
         self._slots = memoryview(self._map).cast("d")
+
+    @classmethod
+    def in_process(cls, count: int, *, quiet_s: float = 1.0) -> list[PeerActivity]:
+        """The same rule among ``count`` threads of one process (the encoder's lanes,
+        :meth:`~explorank.engine.backends.ort.OrtBackend.enable_lanes`): one view per
+        member over one buffer, all idle."""
+        shared = bytearray(count * cls.SLOT)
+        return [cls(None, i, count, quiet_s=quiet_s, shared=shared) for i in range(count)]
 
     @staticmethod
     def create(path: str | os.PathLike[str], count: int) -> None:
@@ -180,7 +199,8 @@ class PeerActivity:
 
     def close(self) -> None:
         self._slots.release()
-        self._map.close()
+        if self._map is not None:
+            self._map.close()
 
 
 _peers: PeerActivity | None = None

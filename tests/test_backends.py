@@ -239,6 +239,99 @@ def test_burst_session_runs_a_batch_when_told_and_tells_the_peers(bundle: Bundle
     assert not backend.enable_burst(cpus, peers)  # closed
 
 
+def test_lanes_compute_side_by_side_only_while_batches_overlap(bundle: Bundle) -> None:
+    """``backend.lanes``: one-thread sessions per lane, used while another lane computes
+    (or batches overlapped within ``quiet_s``); a batch alone runs on the session with every
+    thread. Every session gives the same embeddings."""
+    backend = create_backend(bundle, provider="cpu", intra_op_threads=2)
+    assert isinstance(backend, OrtBackend)
+    ids, mask = random_batch(np.random.default_rng(4))
+    expected = reference(ids, mask)
+    assert backend.enable_lanes(1) == 1 and backend.extra_sessions() == []
+    assert backend.enable_lanes(5, quiet_s=60.0) == 2  # at most one lane per thread
+    assert backend.enable_lanes(2) == 2  # already on: unchanged
+    assert backend.lanes == 2 and backend.lane_threads == 1 and len(backend._lanes) == 2
+    for session in backend._lanes:
+        assert session.get_session_options().intra_op_num_threads == 1
+    # serial work (this thread alone): the full session, no lane batch
+    for _ in range(3):
+        np.testing.assert_allclose(backend.encode(ids, mask), expected, atol=1e-5)
+    assert backend.lane_batches == 0
+    # this thread took lane 0; lane 1 computing: the batch goes to lane 0's session
+    other = backend._lane_peers[1]
+    other.started()
+    np.testing.assert_allclose(backend.encode(ids, mask), expected, atol=1e-5)
+    assert backend.lane_batches == 1
+    other.ended()
+    # the overlap is recent (quiet_s = 60 s): the next batch stays on its lane too
+    np.testing.assert_allclose(backend.encode(ids, mask), expected, atol=1e-5)
+    assert backend.lane_batches == 2
+    # the warm-up runs each lane's session (one shape per length), counting no batch
+    extra = backend.extra_sessions()
+    assert [(label, every) for label, _, every in extra] == [
+        ("encoder lane 1 of 2", False),
+        ("encoder lane 2 of 2", False),
+    ]
+    for _, fn, _ in extra:
+        np.testing.assert_allclose(fn(ids, mask), expected, atol=1e-5)
+    assert backend.lane_batches == 2
+    info = backend.describe()
+    assert (info["lanes"], info["lane_threads"], info["lane_batches"]) == (2, 1, 2)
+    backend.close()
+    assert backend.extra_sessions() == []
+    single = create_backend(bundle, provider="cpu", intra_op_threads=1)
+    assert single.enable_lanes(2) == 1  # one thread: nothing to share out
+    assert "lanes" not in single.describe()
+    single.close()
+
+
+def test_lanes_split_the_threads_and_stop_spinning(bundle: Bundle) -> None:
+    backend = create_backend(bundle, provider="cpu", intra_op_threads=4)
+    assert isinstance(backend, OrtBackend)
+    assert backend.enable_lanes(2) == 2 and backend.lane_threads == 2
+    for session in backend._lanes:
+        opts = session.get_session_options()
+        assert opts.intra_op_num_threads == 2
+        # an idle lane's threads must not hold a core the other lane needs
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("lanes", "threads", "expected"), [("auto", 2, 2), (1, 2, 1), ("auto", 1, 1)]
+)
+def test_prepare_gives_the_encoder_its_lanes(
+    tiny_bundle: Path, lanes: object, threads: int, expected: int
+) -> None:
+    """``backend.lanes`` reaches the served encoder and the batcher computes that many
+    batches at once ("auto": two where there are two threads to share out)."""
+    import asyncio
+
+    from explorank.engine import generation
+    from explorank.engine.bundle import load_bundle
+    from explorank.engine.config import load_config
+    from explorank.engine.metrics import EngineMetrics
+
+    cfg = load_config(
+        environ={},
+        overrides={"backend": {"lanes": lanes, "intra_op_threads": threads, "provider": "cpu"}},
+    )
+    gen = generation.prepare(cfg, load_bundle(tiny_bundle), EngineMetrics())
+    try:
+        assert gen.backend.lanes == expected
+
+        async def inflight() -> int:
+            await gen.embedder.start(warmup=False)
+            try:
+                return int(gen.embedder.batcher._max_inflight)
+            finally:
+                await gen.embedder.stop()
+
+        assert asyncio.run(inflight()) == expected
+    finally:
+        gen.backend.close()
+
+
 def test_padding_does_not_change_embeddings(bundle: Bundle) -> None:
     """What length bucketing relies on: a sequence's row is the same at any padded width."""
     backend = create_backend(bundle, provider="cpu")

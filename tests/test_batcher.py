@@ -553,6 +553,55 @@ def test_warmup_of_a_second_session_leaves_the_cost_model_alone() -> None:
     assert len(enc.calls) == 6
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_compute_batches_side_by_side(lanes: int) -> None:
+    """``max_inflight_batches`` (the encoder's lanes): that many batches are computed at
+    once, each request still gets its own row, and the cost model takes each batch's time
+    as a share of the encoder (two batches of 0.2 s side by side: 0.1 s each)."""
+    barrier = threading.Barrier(2, timeout=1.0)
+    enc = FakeEncoder()
+    met: list[bool] = []
+    threads: list[int] = []
+
+    def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if not barrier.broken:
+            try:  # both batches inside the encoder at the same time, or neither waits long
+                barrier.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+            time.sleep(0.2)
+        threads.append(threading.get_ident())
+        return enc(ids, mask)
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            encode, max_batch_size=4, length_buckets=(8, 16), max_inflight_batches=lanes
+        )
+        await b.start()
+        seqs = [np.arange(1, 4), np.arange(1, 13), np.arange(2, 5), np.arange(2, 14)]
+        out = await asyncio.gather(*(b.submit(x) for x in seqs))
+        for x, row in zip(seqs, out, strict=True):
+            np.testing.assert_array_equal(row, features(x))
+        assert b.stats.batches == 2  # one per bucket
+        service = b.admission.service
+        if lanes == 2:
+            assert met == [True, True]
+            assert service.predict(16) < 0.15, service.predict(16)
+        else:  # one at a time: the first waits for a partner that never comes
+            assert met == [False]  # and the second skipped the broken barrier
+            assert service.predict(16) > 0.2, service.predict(16)
+        # serial work keeps to one thread (the first lane), whatever ran before
+        barrier.abort()
+        threads.clear()
+        for x in seqs:
+            np.testing.assert_array_equal(await b.submit(x), features(x))
+        assert len(threads) == 4 and len(set(threads)) == 1
+        await b.stop()
+
+    run(main)
+
+
 def test_real_onnx_model_through_the_batcher(tmp_path: Any) -> None:
     """Batched, bucketed ORT results equal each sequence encoded alone."""
     from test_backends import make_bundle  # the hand-built ONNX encoder

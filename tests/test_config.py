@@ -126,3 +126,14 @@ def test_setting_in_the_wrong_section_names_the_right_one() -> None:
 def test_no_suggestion_when_nothing_is_close() -> None:
     msg = _error(environ={}, overrides={"server": {"zzz": 1}})
     assert msg.endswith("server.zzz: unknown setting (got 1)")
+
+
+def test_lanes_auto_a_number_or_a_clear_error() -> None:
+    assert load_config(environ={}).backend.lanes == "auto"
+    assert load_config(environ={}).backend.lane_count() == 2
+    cfg = load_config(environ={"EXPLORANK__BACKEND__LANES": "1"})  # bench's explorank-1lane
+    assert cfg.backend.lanes == 1 and cfg.backend.lane_count() == 1
+    cfg = load_config(environ={}, overrides={"backend": {"lanes": "3"}})  # serve --lanes 3
+    assert cfg.backend.lane_count() == 3
+    for bad in ("0", "65", "many"):
+        assert "backend.lanes" in _error(overrides={"backend": {"lanes": bad}})

@@ -97,6 +97,22 @@ def test_peer_activity_tells_a_worker_when_the_others_are_idle(tmp_path: Path) -
         PeerActivity(path, 0, 4)
     with pytest.raises(ConfigError, match="not in"):
         PeerActivity(path, 3, 3)
+    # the same rule among threads of one process (encoder lanes): views of one buffer
+    a, b = PeerActivity.in_process(2, quiet_s=0.05)
+    assert a.others_idle(t) and b.others_idle(t)
+    b.started(t)
+    assert not a.others_idle(t + 0.01) and b.others_idle(t + 0.01)
+    a.started(t + 0.02)  # an overlap
+    a.ended(t + 0.03)
+    b.ended(t + 0.03)
+    assert not b.others_idle(t + 0.04) and not a.others_idle(t + 0.04)
+    assert a.others_idle(t + 0.0801)  # quiet_s after every batch
+    a.close()
+    b.close()
+    with pytest.raises(ConfigError, match="too small"):
+        PeerActivity(None, 0, 2, shared=bytearray(PeerActivity.SLOT))
+    with pytest.raises(ConfigError, match="path or a shared buffer"):
+        PeerActivity(None, 0, 2)
     # a worker finds it through its environment; anything else has none
     env = {WORKER_ENV: "1/3", WORKER_ACTIVITY_ENV: str(path)}
     found = peer_activity(env)

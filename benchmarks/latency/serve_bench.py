@@ -6,7 +6,8 @@ run the closed-loop concurrency sweep, then the open-loop Poisson rates, scrapin
 server's ``/metrics`` before and after every measurement window, then stop it.
 
 Targets: ``explorank`` (dynamic batching, default settings), ``explorank-nobatch``
-(``--max-batch-size 1``), ``explorank-wN`` (``--workers N``: N serving processes on one port,
+(``--max-batch-size 1``), ``explorank-1lane`` (``backend.lanes = 1``: one batch at a time,
+the default before encoder lanes), ``explorank-wN`` (``--workers N``: N serving processes on one port,
 each with an equal share of the CPUs; e.g. ``explorank-w2``) and ``torch-peer``
 (:mod:`.peer_torch_server`: the Hugging Face model in PyTorch per request, what a user would
 otherwise write). All get the same client, the same request sequence and the same load
@@ -72,9 +73,21 @@ from explorank.errors import ExplorankError, InvalidArgumentError
 
 __all__ = ["TARGETS", "ServeBenchConfig", "run_serve_bench"]
 
-TARGETS = ("explorank", "explorank-nobatch", "torch-peer", "explorank-history", "triton-peer")
+TARGETS = (
+    "explorank",
+    "explorank-nobatch",
+    "torch-peer",
+    "explorank-history",
+    "triton-peer",
+    "explorank-1lane",
+)
 DEFAULT_TARGETS = TARGETS[:3]
 HISTORY_TARGET = "explorank-history"
+#: the environment each explorank target is served with beyond the defaults
+TARGET_ENV = {
+    HISTORY_TARGET: {"EXPLORANK__RANKING__USER_REPRESENTATION": "history"},
+    "explorank-1lane": {"EXPLORANK__BACKEND__LANES": "1"},
+}
 #: Triton's dynamic batcher (PyTriton) on the same INT8 encoder: Open Inference Protocol only
 TRITON_TARGET = "triton-peer"
 SCENARIOS = ("sweep", "overload", "soak", "greedy")
@@ -600,11 +613,7 @@ def run_serve_bench(
                     max_batch_size=1 if name == "explorank-nobatch" else None,
                     extra=extra,
                 )
-                env = (
-                    {"EXPLORANK__RANKING__USER_REPRESENTATION": "history"}
-                    if name == HISTORY_TARGET
-                    else None
-                )
+                env = TARGET_ENV.get(name)
                 server = ManagedServer(name, cmd, work, port_file, metrics_port=mport, env=env)
             t0 = time.perf_counter()
             progress(f"starting {name} ...")

@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,14 @@ class OrtBackend(Backend):
         self._peers: Any = None
         self.burst_threads = 0
         self.burst_batches = 0
+        #: sessions computing batches side by side under concurrency (enable_lanes)
+        self._lanes: list[Any] = []
+        self._lane_peers: list[Any] = []
+        self._lane_of = threading.local()
+        self._lanes_assigned = 0
+        self.lanes = 1
+        self.lane_threads = 0
+        self.lane_batches = 0
         self.cuda_graphs = "off (not enabled)"
 
         gpus = cuda_device_count()
@@ -351,17 +360,7 @@ class OrtBackend(Backend):
             if self._io_binding:
                 out = self._run_bound(session, feeds)
             else:
-                burst, peers = self._burst, self._peers
-                if peers is not None:
-                    if burst is not None and peers.others_idle():
-                        session = burst
-                        self.burst_batches += 1
-                    peers.started()
-                try:
-                    out = session.run([self._output], feeds)[0]
-                finally:
-                    if peers is not None:
-                        peers.ended()
+                out = self._run_cpu(session, feeds)
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (ids.shape[0], self.embedding_dim):
             raise BundleError(
@@ -369,6 +368,46 @@ class OrtBackend(Backend):
                 "the manifest's embedding_dim or output name is wrong"
             )
         return out
+
+    def _run_cpu(self, session: Any, feeds: dict[str, np.ndarray]) -> Any:
+        """One batch on the CPU: on this thread's lane while batches overlap (enable_lanes),
+        else on the session with every thread — or on the burst session while the worker
+        group's work is serial too (enable_burst)."""
+        lane = None
+        lanes, lane_peers = self._lanes, self._lane_peers
+        if lanes:
+            i = self._lane(len(lanes))
+            lane = lane_peers[i]
+            if not lane.others_idle():
+                session = lanes[i]
+                self.lane_batches += 1
+            lane.started()
+        burst, peers = self._burst, self._peers
+        try:
+            if peers is not None:
+                if session is self._session and burst is not None and peers.others_idle():
+                    session = burst
+                    self.burst_batches += 1
+                peers.started()
+            try:
+                return session.run([self._output], feeds)[0]
+            finally:
+                if peers is not None:
+                    peers.ended()
+        finally:
+            if lane is not None:
+                lane.ended()
+
+    def _lane(self, count: int) -> int:
+        """This thread's lane: threads take the lanes in turn on their first batch (the
+        batcher runs one thread per lane)."""
+        i = getattr(self._lane_of, "index", None)
+        if i is None:
+            with self._lock:
+                i = self._lanes_assigned
+                self._lanes_assigned += 1
+            self._lane_of.index = i
+        return int(i) % count
 
     def _run_bound(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
         binding = session.io_binding()
@@ -481,14 +520,73 @@ class OrtBackend(Backend):
         )
         return True
 
+    def enable_lanes(self, lanes: int, *, quiet_s: float = 1.0) -> int:
+        """Compute up to ``lanes`` batches side by side, each on its own session with an
+        equal share of this session's threads, while batches overlap (concurrent load);
+        while they do not (one client; :class:`~explorank.engine.workers.PeerActivity` with
+        ``quiet_s`` decides, as between workers), a batch runs on this session with every
+        thread. Returns the lanes in use: 1 (nothing changed) unless this is a CPU session
+        with at least two threads; at most one lane per thread.
+
+        Why: on two cores under concurrent load two one-thread batches side by side served
+        more than one two-thread batch at a time (docs/operations.md, "Encoder lanes"): a
+        one-thread session never waits at a barrier for a thread the event loop or the
+        tokenizer has just taken its core from. A lone batch, though, is faster with every
+        thread, hence the rule."""
+        import onnxruntime as ort
+
+        from explorank.engine.workers import PeerActivity
+
+        lanes = min(int(lanes), self.intra_op_threads)
+        if self.provider != CPU_EP or lanes < 2 or self._closed or self._lanes:
+            return self.lanes
+        threads = self.intra_op_threads // lanes
+        opts = self._session_options()
+        opts.intra_op_num_threads = threads
+        if threads > 1:  # an idle lane's threads must not spin on a core the other one needs
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        sessions = [
+            ort.InferenceSession(str(self.model_path), opts, providers=[CPU_EP])
+            for _ in range(lanes)
+        ]
+        self._lane_peers = PeerActivity.in_process(lanes, quiet_s=quiet_s)
+        self._lanes = sessions
+        self.lanes, self.lane_threads = lanes, threads
+        log.info(
+            "onnxruntime: %d encoder lanes of %d thread%s each while batches overlap; a "
+            "batch alone runs with all %d threads",
+            lanes,
+            threads,
+            "" if threads == 1 else "s",
+            self.intra_op_threads,
+        )
+        return lanes
+
+    def extra_sessions(self) -> list[tuple[str, Any, bool]]:
+        """(label, encode function, every shape?) of each session besides the main one, for
+        the warm-up; the functions tell no peer and count no batch. The burst session runs
+        every shape; a lane one batch per length (a first run of a shape costs a one-thread
+        CPU session 0-20 % more than the next — 6.4 vs 5.1 ms at 1 x 16, 1.31 vs 1.18 s at
+        32 x 128 on the AVX2 VM — so warming every shape there would only delay serving)."""
+        out: list[tuple[str, Any, bool]] = [
+            (f"encoder lane {i + 1} of {len(self._lanes)}", partial(self._warm, s), False)
+            for i, s in enumerate(self._lanes)
+        ]
+        if self._burst is not None:
+            out.append(("the burst session", self.warm_burst, True))
+        return out
+
+    def _warm(self, session: Any, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids, mask = check_batch(input_ids, attention_mask)
+        return np.asarray(session.run([self._output], self._feeds(ids, mask))[0], dtype=np.float32)
+
     def warm_burst(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray | None:
         """Run one batch on the burst session (warm-up: ONNX Runtime's first run of each
         shape), telling no peer and counting no burst batch; None without a burst session."""
         burst = self._burst
         if burst is None:
             return None
-        ids, mask = check_batch(input_ids, attention_mask)
-        return np.asarray(burst.run([self._output], self._feeds(ids, mask))[0], dtype=np.float32)
+        return self._warm(burst, input_ids, attention_mask)
 
     def close(self) -> None:
         with self._lock:
@@ -496,6 +594,7 @@ class OrtBackend(Backend):
                 self._closed = True
                 self._session = None
                 self._burst = None
+                self._lanes = []
                 self._graphs = None
 
     def describe(self) -> dict[str, Any]:
@@ -517,6 +616,10 @@ class OrtBackend(Backend):
                 "onnxruntime_version": ort.__version__,
             }
         )
+        if self.lanes > 1:
+            info["lanes"] = self.lanes
+            info["lane_threads"] = self.lane_threads
+            info["lane_batches"] = self.lane_batches
         if self.burst_threads:
             info["burst_threads"] = self.burst_threads
             info["burst_batches"] = self.burst_batches

@@ -158,9 +158,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--targets",
         help="comma list from explorank,explorank-nobatch,torch-peer,explorank-history, "
-        "triton-peer and explorank-wN (N worker processes, e.g. explorank-w2) (default: the "
-        "first three; explorank-history: users as history ids, no encoder call; triton-peer: "
-        "Triton's dynamic batcher via PyTriton, with --api oip)",
+        "triton-peer, explorank-1lane and explorank-wN (N worker processes, e.g. explorank-w2) "
+        "(default: the first three; explorank-history: users as history ids, no encoder call; "
+        "triton-peer: Triton's dynamic batcher via PyTriton, with --api oip; explorank-1lane: "
+        "backend.lanes = 1)",
     )
     srv.add_argument(
         "--concurrency", help="closed-loop client counts (default 1,4,16,64; quick 1,4,16)"

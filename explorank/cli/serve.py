@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"])
     p.add_argument("--threads", type=int, help="encoder intra-op threads (default: CPUs available)")
     p.add_argument(
+        "--lanes",
+        help="encoder batches computed side by side under concurrent load, each with an "
+        "equal share of the threads (default auto: 2 on a CPU with 2+ threads; backend.lanes)",
+    )
+    p.add_argument(
         "--max-batch-size", type=int, help="dynamic batching limit (1 disables batching)"
     )
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch waits to fill")
@@ -144,6 +149,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("backend", "provider", args.provider)
     put("backend", "precision", args.precision)
     put("backend", "intra_op_threads", args.threads)
+    put("backend", "lanes", args.lanes)
     put("batching", "max_batch_size", args.max_batch_size)
     put("batching", "max_queue_delay_ms", args.max_queue_delay_ms)
     put("batching", "max_queue_wait_ms", args.max_queue_wait_ms)
