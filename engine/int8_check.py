@@ -198,16 +198,22 @@ def measure_speed(
     rounds: int = 3,
     timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Seconds per call of each candidate on one batch: one untimed call each, then
-    ``rounds`` rounds in which every candidate runs once (the first rotating, so drift hits
-    all alike); the fastest call of each is kept (the least disturbed by other work)."""
+    """Seconds per call of each candidate on one batch: ``rounds`` rounds in which every
+    candidate runs twice in a row, the second call timed (the first rotating, so drift hits
+    all alike); the fastest timed call of each is kept (the least disturbed by other work).
+
+    Why twice: right after another session's call, that session's intra-op threads still
+    spin and take cores from the one being timed. On the AVX2 VM a call that followed
+    another session's took 74-91 ms (best of 12) against 37-47 ms for the same sessions
+    called twice in a row, and with one timed call per round the speed check chose fp32 in
+    2 of 10 start-ups with 7 rounds (and in 2 of 19 servers that ``bench serve`` started),
+    where INT8 is ~20 % faster."""
     names = list(candidates)
-    for name in names:
-        candidates[name].encode(ids, mask)
     best = {name: float("inf") for name in names}
     for r in range(max(1, rounds)):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
+            candidates[name].encode(ids, mask)  # untimed: the other sessions' threads settle
             t0 = timer()
             candidates[name].encode(ids, mask)
             best[name] = min(best[name], timer() - t0)
