@@ -232,6 +232,10 @@ class BatchingConfig(_Section):
     #: Padded tokens per batch: a batch of long texts holds fewer of them (its latency stays
     #: bounded). The default equals max_batch_size x the largest bucket (32 x 128).
     max_batch_tokens: int | None = Field(4096, ge=1)
+    #: With encoder lanes (backend.lanes > 1) a batch holds at most this many sequences per
+    #: thread of a lane: a lane computes on its share of the cores, so a large batch holds
+    #: all its requests for long while saving little (docs/operations.md, "Encoder lanes").
+    lane_batch_size: int = Field(4, ge=1, le=4096)
     #: Let requests of other length buckets join a batch when padding them costs less than
     #: the batch overhead they save (from the measured cost model of this encoder).
     merge_buckets: bool = True

@@ -111,9 +111,14 @@ class Embedder:
 
         bc = self.batching
         max_len = self.bundle.max_seq_length
+        lanes = max(1, int(getattr(self.backend, "lanes", 1)))
+        max_batch_size = bc.max_batch_size
+        if lanes > 1:  # batching.lane_batch_size per lane thread
+            lane_threads = max(1, int(getattr(self.backend, "lane_threads", 1)))
+            max_batch_size = min(max_batch_size, bc.lane_batch_size * lane_threads)
         self.batcher = DynamicBatcher(
             self.backend.encode,
-            max_batch_size=bc.max_batch_size,
+            max_batch_size=max_batch_size,
             max_queue_delay_ms=bc.max_queue_delay_ms,
             max_queue_size=bc.max_queue_size,
             max_request_share=bc.max_request_share,
@@ -124,7 +129,7 @@ class Embedder:
             length_buckets=tuple(b for b in bc.length_buckets if b <= max_len) or (max_len,),
             metrics=self.metrics,
             pad_id=self.tokenizer.pad_id,
-            max_inflight_batches=max(1, int(getattr(self.backend, "lanes", 1))),
+            max_inflight_batches=lanes,
         )
         await self.batcher.start()
         if not warmup:

@@ -320,14 +320,16 @@ def test_prepare_gives_the_encoder_its_lanes(
     try:
         assert gen.backend.lanes == expected
 
-        async def inflight() -> int:
+        async def shape() -> tuple[int, int]:
             await gen.embedder.start(warmup=False)
             try:
-                return int(gen.embedder.batcher._max_inflight)
+                batcher = gen.embedder.batcher
+                return int(batcher._max_inflight), int(batcher.max_batch_size)
             finally:
                 await gen.embedder.stop()
 
-        assert asyncio.run(inflight()) == expected
+        # on a lane a batch holds batching.lane_batch_size (4) per lane thread
+        assert asyncio.run(shape()) == (expected, 4 if expected > 1 else 32)
     finally:
         gen.backend.close()
 
