@@ -25,9 +25,10 @@ How it works (one asyncio task, the scheduler, plus one worker thread):
   dominates (a GPU, a tiny model) several buckets go in one call; where every token counts
   (a BERT on CPU) they stay apart. Either way the requests waiting in other buckets are
   served sooner under concurrency, which is what keeps the tail latency down.
-- The backend call runs in a single-thread executor (the backend parallelises
-  internally; two concurrent calls would only fight over the same cores) so the event
-  loop never blocks. Each request's future gets exactly its own row.
+- The backend call runs on an executor thread, so the event loop never blocks: one
+  thread, one batch at a time (the backend parallelises internally), unless the encoder
+  has lanes (``max_inflight_batches``: that many batches side by side, each on its own
+  session with a share of the threads). Each request's future gets exactly its own row.
 - Overload: a request is admitted only if its predicted wait (the padded tokens ahead of
   it times the measured encoder cost per token) fits ``max_queue_wait_ms`` and its own
   deadline (:mod:`explorank.engine.admission`); otherwise, and at ``max_queue_size`` queued
