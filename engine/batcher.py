@@ -51,6 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -214,8 +215,9 @@ class DynamicBatcher:
     ``encode_fn(input_ids, attention_mask) -> (batch, d)`` is typically
     ``Backend.encode``. ``max_batch_size=1`` disables batching (each request runs alone,
     still off the loop). ``max_inflight_batches`` > 1 computes that many batches at once,
-    on as many executor threads (the encoder's lanes: ``OrtBackend.enable_lanes``); the
-    cost model then takes a batch's time divided by the batches computing alongside it.
+    on as many executor threads (the encoder's lanes: ``OrtBackend.enable_lanes``; thread
+    ``i`` first calls ``lane_init(i)``); the cost model then takes a batch's time divided by
+    the batches computing alongside it.
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class DynamicBatcher:
         pad_id: int = 0,
         warmup_batch_sizes: Sequence[int] | None = None,
         max_inflight_batches: int = 1,
+        lane_init: Callable[[int], None] | None = None,
     ) -> None:
         if int(max_batch_size) < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -286,10 +289,13 @@ class DynamicBatcher:
         self._own_executor = executor is None
         # One thread per batch in flight, each batch on the first idle one: serial work
         # keeps to one thread (a thread pool would hand it to whichever thread wakes first).
+        # Thread i starts with lane_init(i): the backend's lane i computes its batches.
         self._executors: list[concurrent.futures.Executor] = (
             [
                 concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=f"explorank-encode-{i}"
+                    max_workers=1,
+                    thread_name_prefix=f"explorank-encode-{i}",
+                    initializer=None if lane_init is None else partial(lane_init, i),
                 )
                 for i in range(self._max_inflight)
             ]

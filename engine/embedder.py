@@ -130,6 +130,7 @@ class Embedder:
             metrics=self.metrics,
             pad_id=self.tokenizer.pad_id,
             max_inflight_batches=lanes,
+            lane_init=getattr(self.backend, "bind_lane", None) if lanes > 1 else None,
         )
         await self.batcher.start()
         if not warmup:

@@ -8,6 +8,7 @@ L2 norm, built with onnx.helper, so every output can be checked against numpy.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -253,13 +254,18 @@ def test_lanes_compute_side_by_side_only_while_batches_overlap(bundle: Bundle) -
     assert backend.lanes == 2 and backend.lane_threads == 1 and len(backend._lanes) == 2
     for session in backend._lanes:
         assert session.get_session_options().intra_op_num_threads == 1
-    # serial work (this thread alone): the full session, no lane batch
+    # serial work (this thread alone, as lane 0): the full session, no lane batch
+    backend.bind_lane(0)
     for _ in range(3):
         np.testing.assert_allclose(backend.encode(ids, mask), expected, atol=1e-5)
     assert backend.lane_batches == 0
-    # this thread took lane 0; lane 1 computing: the batch goes to lane 0's session
+    # lane 1 computing: a thread bound to no lane still runs on the full session ...
     other = backend._lane_peers[1]
     other.started()
+    unbound = ThreadPoolExecutor(1).submit(backend.encode, ids, mask).result()
+    np.testing.assert_allclose(unbound, expected, atol=1e-5)
+    assert backend.lane_batches == 0
+    # ... and lane 0's batch goes to lane 0's session
     np.testing.assert_allclose(backend.encode(ids, mask), expected, atol=1e-5)
     assert backend.lane_batches == 1
     other.ended()

@@ -562,6 +562,10 @@ def test_lanes_compute_batches_side_by_side(lanes: int) -> None:
     enc = FakeEncoder()
     met: list[bool] = []
     threads: list[int] = []
+    bound: dict[int, int] = {}  # executor thread -> the lane it was told it is
+
+    def lane_init(i: int) -> None:
+        bound[threading.get_ident()] = i
 
     def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if not barrier.broken:
@@ -576,7 +580,11 @@ def test_lanes_compute_batches_side_by_side(lanes: int) -> None:
 
     async def main() -> None:
         b = DynamicBatcher(
-            encode, max_batch_size=4, length_buckets=(8, 16), max_inflight_batches=lanes
+            encode,
+            max_batch_size=4,
+            length_buckets=(8, 16),
+            max_inflight_batches=lanes,
+            lane_init=lane_init,
         )
         await b.start()
         seqs = [np.arange(1, 4), np.arange(1, 13), np.arange(2, 5), np.arange(2, 14)]
@@ -597,6 +605,8 @@ def test_lanes_compute_batches_side_by_side(lanes: int) -> None:
         for x in seqs:
             np.testing.assert_array_equal(await b.submit(x), features(x))
         assert len(threads) == 4 and len(set(threads)) == 1
+        assert bound[threads[0]] == 0  # the first lane's thread
+        assert sorted(bound.values()) == list(range(lanes))  # each thread told its lane
         await b.stop()
 
     run(main)

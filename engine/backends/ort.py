@@ -126,7 +126,6 @@ class OrtBackend(Backend):
         self._lanes: list[Any] = []
         self._lane_peers: list[Any] = []
         self._lane_of = threading.local()
-        self._lanes_assigned = 0
         self.lanes = 1
         self.lane_threads = 0
         self.lane_batches = 0
@@ -370,13 +369,14 @@ class OrtBackend(Backend):
         return out
 
     def _run_cpu(self, session: Any, feeds: dict[str, np.ndarray]) -> Any:
-        """One batch on the CPU: on this thread's lane while batches overlap (enable_lanes),
+        """One batch on the CPU: on this thread's lane (bind_lane) while batches overlap
+        (enable_lanes),
         else on the session with every thread — or on the burst session while the worker
         group's work is serial too (enable_burst)."""
         lane = None
         lanes, lane_peers = self._lanes, self._lane_peers
-        if lanes:
-            i = self._lane(len(lanes))
+        i = getattr(self._lane_of, "index", None)
+        if lanes and i is not None and i < len(lanes):
             lane = lane_peers[i]
             if not lane.others_idle():
                 session = lanes[i]
@@ -398,16 +398,11 @@ class OrtBackend(Backend):
             if lane is not None:
                 lane.ended()
 
-    def _lane(self, count: int) -> int:
-        """This thread's lane: threads take the lanes in turn on their first batch (the
-        batcher runs one thread per lane)."""
-        i = getattr(self._lane_of, "index", None)
-        if i is None:
-            with self._lock:
-                i = self._lanes_assigned
-                self._lanes_assigned += 1
-            self._lane_of.index = i
-        return int(i) % count
+    def bind_lane(self, index: int) -> None:
+        """Make the calling thread lane ``index``: the batcher's executor thread ``i`` is
+        lane ``i`` (``DynamicBatcher(lane_init=...)``). A thread bound to no lane runs every
+        batch on the session with every thread and takes no part in the lanes' rule."""
+        self._lane_of.index = int(index)
 
     def _run_bound(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
         binding = session.io_binding()
